@@ -1,0 +1,19 @@
+//! Spec types and pure rules of the OCI Distribution and Image specs, as berth uses them.
+//!
+//! This crate does no I/O and knows nothing of HTTP or storage: every other berth crate
+//! depends on it, and it depends on none of them.
+#![warn(missing_docs)]
+
+pub mod digest;
+pub mod error_code;
+pub mod manifest;
+pub mod media_type;
+pub mod name;
+pub mod platform;
+pub mod reference;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error_code::ErrorCode;
+pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
+pub use name::{NameError, RepoName};
+pub use reference::{Reference, Tag, TagError};

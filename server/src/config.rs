@@ -1,0 +1,198 @@
+//! Configuration: embedded defaults, then a TOML file, then `BERTH_*` environment variables,
+//! then command-line flags. Library crates never read configuration; they take typed values.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Where blobs, uploads and the SQLite database live.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// Blob storage.
+    pub storage: StorageConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Upload sessions.
+    pub uploads: Uploads,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:5000".into(),
+            data_dir: PathBuf::from("./berth-data"),
+            log: LogConfig::default(),
+            storage: StorageConfig::default(),
+            limits: Limits::default(),
+            uploads: Uploads::default(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `berth_server=debug,info`. `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Blob storage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Which backend keeps blob bytes.
+    pub backend: Backend,
+    /// Whether DELETE of manifests, tags and blobs is allowed (else 405 UNSUPPORTED).
+    pub delete_enabled: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Filesystem,
+            delete_enabled: true,
+        }
+    }
+}
+
+/// Blob storage backends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Files under `data_dir`.
+    Filesystem,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest manifest accepted; larger ones get 413.
+    pub manifest_max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            manifest_max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Upload sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Uploads {
+    /// An upload untouched for this long is removed with its bytes.
+    pub ttl_secs: u64,
+    /// How often stale uploads are looked for.
+    pub purge_interval_secs: u64,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 24 * 3600,
+            purge_interval_secs: 600,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `BERTH_*` variables.
+    pub fn load(file: Option<&Path>, with_env: bool) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                anyhow::bail!("config file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        if with_env {
+            fig = fig.merge(Env::prefixed("BERTH_").split("__"));
+        }
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen.parse::<SocketAddr>().map_err(|e| {
+            anyhow::anyhow!("invalid value for key \"listen\": {:?}: {e}", self.listen)
+        })?;
+        if self.limits.manifest_max_bytes == 0 {
+            anyhow::bail!("invalid value for key \"limits.manifest_max_bytes\": must be > 0");
+        }
+        if self.uploads.ttl_secs == 0 || self.uploads.purge_interval_secs == 0 {
+            anyhow::bail!(
+                "invalid value for key \"uploads\": ttl_secs and purge_interval_secs must be > 0"
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            anyhow::bail!("invalid value for key \"data_dir\": empty");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, false).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5000");
+        assert!(c.storage.delete_enabled);
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[storage]\nbogus = 1\n").unwrap();
+        let e = Config::load(Some(&f), false).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        std::fs::write(&f, "listen = \"nope\"\n").unwrap();
+        let e = Config::load(Some(&f), false).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        std::fs::write(&f, "[log]\nformat = \"xml\"\n").unwrap();
+        let e = Config::load(Some(&f), false).unwrap_err().to_string();
+        assert!(e.contains("format"), "{e}");
+    }
+}

@@ -1,0 +1,149 @@
+//! The berth registry server: configuration, the HTTP API and its wiring.
+//!
+//! Layers, each calling only downward: `routes` (HTTP) → `registry` (OCI rules) →
+//! `berth_storage` (bytes and metadata).
+
+pub mod config;
+pub mod error;
+pub mod registry;
+pub mod routes;
+
+use anyhow::Context;
+use axum::http::HeaderValue;
+use axum::routing::{any, get};
+use axum::Router;
+use berth_storage::blob::fs::FsStore;
+use berth_storage::meta::Meta;
+use config::{Config, LogFormat};
+use registry::{Registry, Settings};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The registry rules and storage.
+    pub registry: Arc<Registry>,
+}
+
+/// The HTTP application. Separate from [`serve`] so tests can drive it directly.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/", get(routes::base))
+        .route("/v2", get(routes::base))
+        .route("/v2/_catalog", get(routes::catalog))
+        .route("/v2/{*rest}", any(routes::dispatch))
+        .fallback(|| async {
+            error::ApiError::oci(berth_oci::ErrorCode::NameUnknown, "no such endpoint")
+                .status(axum::http::StatusCode::NOT_FOUND)
+        })
+        .layer(SetResponseHeaderLayer::overriding(
+            axum::http::HeaderName::from_static("docker-distribution-api-version"),
+            HeaderValue::from_static("registry/2.0"),
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cfg.log.format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// Opens storage and metadata for `cfg`.
+pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let store = FsStore::new(&cfg.data_dir).context("opening the blob store")?;
+    let meta = Meta::open_sqlite(&cfg.data_dir.join("berth.db"))
+        .await
+        .context("opening the metadata database")?;
+    let settings = Settings {
+        delete_enabled: cfg.storage.delete_enabled,
+        manifest_max_bytes: cfg.limits.manifest_max_bytes,
+        upload_ttl: Duration::from_secs(cfg.uploads.ttl_secs),
+    };
+    Ok(Arc::new(Registry::new(Arc::new(store), meta, settings)))
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let registry = open(&cfg).await?;
+    match registry.sweep_orphan_uploads().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "removed upload files left by a crash"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep orphan uploads"),
+    }
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond loopback without authentication");
+    }
+    let purger = {
+        let r = registry.clone();
+        let every = Duration::from_secs(cfg.uploads.purge_interval_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match r.purge_stale_uploads().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "expired stale uploads"),
+                    Err(e) => tracing::warn!(error = %e, "upload purge failed"),
+                }
+            }
+        })
+    };
+    let app = app(AppState {
+        registry: registry.clone(),
+    });
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "berth started");
+    println!("listening on {addr}");
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    purger.abort();
+    registry.meta.close().await;
+    tracing::info!("berth stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,314 @@
+//! The registry's rules: pushing and pulling blobs and manifests, on top of `berth-storage`.
+//!
+//! Routes (HTTP) call this module; it never sees a request or a status code. It speaks in
+//! [`RegistryError`]s, which `error` maps to the spec's wire codes.
+
+mod cache;
+mod error;
+mod uploads;
+
+pub(crate) use error::upload_range;
+pub use error::RegistryError;
+pub use uploads::{ChunkRange, UploadStatus};
+
+use berth_oci::manifest::{is_index_media_type, ManifestKind};
+use berth_oci::media_type::{self as mt};
+use berth_oci::{Digest, Manifest, Reference, Tag};
+use berth_storage::blob::{BlobBody, BlobStore, ByteRange};
+use berth_storage::meta::{Meta, NewManifest, Referrer, StoredManifest};
+use cache::Cache;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings the registry rules need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// DELETE allowed.
+    pub delete_enabled: bool,
+    /// Largest manifest accepted.
+    pub manifest_max_bytes: u64,
+    /// Upload time-to-live.
+    pub upload_ttl: Duration,
+}
+
+/// The registry: blob store, metadata, caches and in-flight upload state.
+pub struct Registry {
+    /// Blob bytes.
+    pub store: Arc<dyn BlobStore>,
+    /// Metadata.
+    pub meta: Meta,
+    /// Settings.
+    pub settings: Settings,
+    cache: Cache,
+    uploads: uploads::Sessions,
+}
+
+/// Result of a manifest PUT.
+#[derive(Debug)]
+pub struct PutManifest {
+    /// Digest of the stored bytes.
+    pub digest: Digest,
+    /// Subject digest, for `OCI-Subject`.
+    pub subject: Option<Digest>,
+    /// Tags now pointing at it.
+    pub tags: Vec<String>,
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+impl Registry {
+    /// A registry over the given store and metadata.
+    pub fn new(store: Arc<dyn BlobStore>, meta: Meta, settings: Settings) -> Self {
+        Self {
+            store,
+            meta,
+            settings,
+            cache: Cache::new(),
+            uploads: uploads::Sessions::default(),
+        }
+    }
+
+    // === blobs ===
+
+    /// Size of a blob visible in `repo`.
+    pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<u64> {
+        self.meta
+            .repo_blob_size(repo, digest)
+            .await?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+    }
+
+    /// Streams a blob visible in `repo`.
+    pub async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobBody> {
+        match self.store.read(digest, range).await {
+            Ok(b) => Ok(b),
+            Err(berth_storage::Error::NotFound) => {
+                tracing::error!(blob.digest = %digest, "blob in metadata but missing from the store");
+                Err(RegistryError::BlobUnknown(digest.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a blob from `repo` (its bytes stay until garbage collection).
+    pub async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<()> {
+        self.ensure_delete()?;
+        if self.meta.unlink_blob(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(RegistryError::BlobUnknown(digest.clone()))
+        }
+    }
+
+    /// Cross-repository mount: links `digest` from `from` into `repo`. False when `from` does
+    /// not have it (the caller then starts a normal upload).
+    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool> {
+        if self.meta.repo_blob_size(from, digest).await?.is_none() {
+            return Ok(false);
+        }
+        Ok(self.meta.link_blob(repo, digest).await?)
+    }
+
+    fn ensure_delete(&self) -> Result<()> {
+        if self.settings.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::DeleteDisabled)
+        }
+    }
+
+    // === manifests ===
+
+    /// Resolves a reference to a digest in `repo`.
+    pub async fn resolve(&self, repo: &str, reference: &Reference) -> Result<Digest> {
+        match reference {
+            Reference::Digest(d) => Ok(d.clone()),
+            Reference::Tag(t) => {
+                if let Some(d) = self.cache.tag(repo, t.as_str()) {
+                    return Ok(d);
+                }
+                let gen = self.cache.generation();
+                let d = self
+                    .meta
+                    .tag(repo, t.as_str())
+                    .await?
+                    .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?;
+                self.cache.put_tag(gen, repo, t.as_str(), &d);
+                Ok(d)
+            }
+        }
+    }
+
+    /// A manifest by reference.
+    pub async fn manifest(&self, repo: &str, reference: &Reference) -> Result<Arc<StoredManifest>> {
+        let digest = self.resolve(repo, reference).await?;
+        if let Some(m) = self.cache.manifest(repo, &digest) {
+            return Ok(m);
+        }
+        let gen = self.cache.generation();
+        let m = self
+            .meta
+            .manifest(repo, &digest)
+            .await?
+            .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?;
+        let m = Arc::new(m);
+        self.cache.put_manifest(gen, repo, m.clone());
+        Ok(m)
+    }
+
+    /// Validates and stores a manifest. `tags` are extra tags (`?tag=`) for a digest PUT.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: &[u8],
+        extra_tags: &[String],
+    ) -> Result<PutManifest> {
+        let manifest = Manifest::parse(body, content_type)
+            .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let digest = match reference {
+            Reference::Digest(want) => {
+                let got = Digest::compute(want.algorithm(), body);
+                if &got != want {
+                    return Err(RegistryError::DigestMismatch {
+                        want: want.clone(),
+                        got,
+                    });
+                }
+                got
+            }
+            Reference::Tag(_) => Digest::sha256(body),
+        };
+        let mut tags = Vec::new();
+        if let Reference::Tag(t) = reference {
+            tags.push(t.as_str().to_owned());
+        }
+        for t in extra_tags {
+            let t: Tag = t
+                .parse()
+                .map_err(|e: berth_oci::TagError| RegistryError::ManifestInvalid(e.to_string()))?;
+            if !tags.contains(&t.as_str().to_owned()) {
+                tags.push(t.as_str().to_owned());
+            }
+        }
+        let (blobs, children) = self.check_references(repo, &manifest).await?;
+        let annotations = manifest
+            .annotations
+            .as_ref()
+            .and_then(|a| serde_json::to_string(a).ok());
+        let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
+        let new = NewManifest {
+            digest: &digest,
+            media_type: &manifest.media_type,
+            artifact_type: manifest.referrer_artifact_type(),
+            subject: subject.as_ref(),
+            annotations,
+            content: body,
+            blobs,
+            children,
+        };
+        self.meta.put_manifest(repo, &new, &tags).await?;
+        self.cache.invalidate();
+        tracing::info!(repo.name = repo, manifest.digest = %digest, tags = ?tags, "manifest stored");
+        Ok(PutManifest {
+            digest,
+            subject,
+            tags,
+        })
+    }
+
+    /// Every blob and child manifest must be there: returns (blobs, children).
+    async fn check_references(
+        &self,
+        repo: &str,
+        m: &Manifest,
+    ) -> Result<(Vec<Digest>, Vec<Digest>)> {
+        let mut blobs = Vec::new();
+        let mut children = Vec::new();
+        match m.kind {
+            ManifestKind::Image => {
+                let config = m.config.iter();
+                for (i, d) in config.chain(m.layers.iter()).enumerate() {
+                    if mt::is_foreign_layer(&d.media_type)
+                        && d.urls.as_ref().is_some_and(|u| !u.is_empty())
+                    {
+                        // Foreign layers live elsewhere; served as pushed when present here.
+                        if self.meta.repo_blob_size(repo, &d.digest).await?.is_some() {
+                            blobs.push(d.digest.clone());
+                        }
+                        continue;
+                    }
+                    let size = match self.meta.repo_blob_size(repo, &d.digest).await? {
+                        Some(s) => s,
+                        None if d.digest.as_str() == mt::EMPTY_JSON_DIGEST && d.size == 2 => {
+                            // The well-known empty config `{}`: some clients never push it.
+                            self.put_small_blob(repo, b"{}").await?;
+                            2
+                        }
+                        None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
+                    };
+                    if size != d.size as u64 {
+                        let what = if i == 0 {
+                            "config".to_owned()
+                        } else {
+                            format!("layers[{}]", i - 1)
+                        };
+                        return Err(RegistryError::ManifestInvalid(format!(
+                            "{what}: descriptor size {} does not match blob {} of {size} bytes",
+                            d.size, d.digest
+                        )));
+                    }
+                    blobs.push(d.digest.clone());
+                }
+            }
+            ManifestKind::Index => {
+                for d in &m.manifests {
+                    if !self.meta.manifest_exists(repo, &d.digest).await? {
+                        return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
+                    }
+                    children.push(d.digest.clone());
+                }
+            }
+        }
+        Ok((blobs, children))
+    }
+
+    /// Deletes a manifest (by digest, with its tags) or a tag.
+    pub async fn delete_manifest(&self, repo: &str, reference: &Reference) -> Result<()> {
+        self.ensure_delete()?;
+        let found = match reference {
+            Reference::Tag(t) => self.meta.delete_tag(repo, t.as_str()).await?,
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?.is_some(),
+        };
+        self.cache.invalidate();
+        if found {
+            Ok(())
+        } else {
+            Err(RegistryError::ManifestUnknown(reference.to_string()))
+        }
+    }
+
+    /// Manifests in `repo` that name `digest` as their subject.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        Ok(self.meta.referrers(repo, digest, artifact_type).await?)
+    }
+
+    /// Tags of a repository (NAME_UNKNOWN if it does not exist).
+    pub async fn tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+        if !self.meta.repo_exists(repo).await? {
+            return Err(RegistryError::NameUnknown(repo.to_owned()));
+        }
+        Ok(self.meta.list_tags(repo, last, limit).await?)
+    }
+
+    /// Whether the media type of a stored manifest is a list.
+    pub fn is_index(m: &StoredManifest) -> bool {
+        is_index_media_type(&m.media_type)
+    }
+}

@@ -1,0 +1,290 @@
+//! Blob uploads: POST → PATCH* → PUT, monolithic POST, cancel, expiry.
+//!
+//! Each session has a row in the metadata (so any replica can find it) and a file in the
+//! store. The running hash lives in memory next to a lock that serialises requests on one
+//! session; if it is missing (a restart, another replica) it is rebuilt by re-reading the
+//! stored bytes, so the state on disk is always the truth.
+
+use super::{Registry, RegistryError, Result};
+use berth_oci::{Algorithm, Digest, Hasher};
+use berth_storage::blob::ByteStream;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// The in-memory half of a session.
+#[derive(Default)]
+pub(super) struct SessionState {
+    /// sha256 of the first `offset` bytes, when known.
+    hasher: Option<(u64, Hasher)>,
+}
+
+type Session = Arc<tokio::sync::Mutex<SessionState>>;
+
+/// Sessions by id.
+#[derive(Default)]
+pub(super) struct Sessions {
+    map: Mutex<HashMap<Uuid, Session>>,
+}
+
+impl Sessions {
+    fn get(&self, id: Uuid) -> Session {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id).or_default().clone()
+    }
+
+    fn remove(&self, id: Uuid) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&id);
+    }
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadStatus {
+    /// The session id.
+    pub id: Uuid,
+    /// Bytes stored.
+    pub offset: u64,
+}
+
+/// A chunk's declared position (`Content-Range: start-end`, inclusive).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRange {
+    /// First byte.
+    pub start: u64,
+    /// Last byte.
+    pub end: u64,
+}
+
+impl Registry {
+    /// Starts an upload session in `repo`.
+    pub async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
+        let id = Uuid::new_v4();
+        self.store.begin(id).await?;
+        if let Err(e) = self.meta.create_upload(id, repo).await {
+            let _ = self.store.abort(id).await;
+            return Err(e.into());
+        }
+        Ok(UploadStatus { id, offset: 0 })
+    }
+
+    /// Checks that `id` is a live session of `repo`; returns its stored length.
+    async fn session_len(&self, repo: &str, id: Uuid) -> Result<u64> {
+        let unknown = || RegistryError::UploadUnknown(id.to_string());
+        let row = self.meta.upload(id).await?.ok_or_else(unknown)?;
+        if row.repo != repo {
+            return Err(unknown());
+        }
+        self.store.upload_len(id).await?.ok_or_else(unknown)
+    }
+
+    /// Where the upload stands.
+    pub async fn upload_status(&self, repo: &str, id: Uuid) -> Result<UploadStatus> {
+        let offset = self.session_len(repo, id).await?;
+        Ok(UploadStatus { id, offset })
+    }
+
+    /// The sha256 state after `len` bytes, from memory or by re-reading the upload.
+    async fn hasher_at(&self, st: &mut SessionState, id: Uuid, len: u64) -> Result<Hasher> {
+        if let Some((at, h)) = &st.hasher {
+            if *at == len {
+                return Ok(h.clone());
+            }
+        }
+        let h = self.rehash(id, Algorithm::Sha256).await?;
+        st.hasher = Some((len, h.clone()));
+        Ok(h)
+    }
+
+    async fn rehash(&self, id: Uuid, alg: Algorithm) -> Result<Hasher> {
+        let body = self.store.read_upload(id).await?;
+        let mut h = Hasher::new(alg);
+        let mut s = body.stream;
+        while let Some(chunk) = s.next().await {
+            h.update(&chunk.map_err(berth_storage::Error::Io)?);
+        }
+        Ok(h)
+    }
+
+    /// Appends a chunk. All or nothing: a failed chunk leaves the upload as it was.
+    pub async fn patch_upload(
+        &self,
+        repo: &str,
+        id: Uuid,
+        range: Option<ChunkRange>,
+        content_length: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus> {
+        let session = self.uploads.get(id);
+        let mut st = session.lock().await;
+        let offset = self.session_len(repo, id).await?;
+        if let Some(r) = range {
+            if r.end < r.start {
+                return Err(RegistryError::UploadInvalid(format!(
+                    "Content-Range {}-{} ends before it starts",
+                    r.start, r.end
+                )));
+            }
+            if r.start != offset {
+                return Err(RegistryError::OutOfOrder {
+                    want: offset,
+                    got: r.start,
+                });
+            }
+            if let Some(len) = content_length {
+                if len != r.end - r.start + 1 {
+                    return Err(RegistryError::UploadInvalid(format!(
+                        "Content-Range covers {} bytes but Content-Length is {len}",
+                        r.end - r.start + 1
+                    )));
+                }
+            }
+        }
+        let mut hasher = self.hasher_at(&mut st, id, offset).await?;
+        match self.store.append(id, offset, body, &mut hasher).await {
+            Ok(new_len) => {
+                st.hasher = Some((new_len, hasher));
+                self.meta.touch_upload(id, new_len).await?;
+                Ok(UploadStatus {
+                    id,
+                    offset: new_len,
+                })
+            }
+            Err(e) => {
+                // The store cut the file back to `offset`; the kept hasher still matches it.
+                tracing::info!(upload.id = %id, error = %e, "chunk not stored");
+                Err(RegistryError::UploadInvalid(format!(
+                    "chunk not stored: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Closes an upload: appends the last chunk (if any), verifies the digest and publishes
+    /// the blob. A digest mismatch discards the upload.
+    pub async fn finish_upload(
+        &self,
+        repo: &str,
+        id: Uuid,
+        digest: &Digest,
+        body: Option<ByteStream>,
+    ) -> Result<u64> {
+        let session = self.uploads.get(id);
+        let mut st = session.lock().await;
+        let mut len = self.session_len(repo, id).await?;
+        let mut hasher = self.hasher_at(&mut st, id, len).await?;
+        if let Some(body) = body {
+            len = self
+                .store
+                .append(id, len, body, &mut hasher)
+                .await
+                .map_err(|e| RegistryError::UploadInvalid(format!("last chunk not stored: {e}")))?;
+            st.hasher = Some((len, hasher.clone()));
+        }
+        let got = if digest.algorithm() == Algorithm::Sha256 {
+            hasher.finish()
+        } else {
+            self.rehash(id, digest.algorithm()).await?.finish()
+        };
+        if &got != digest {
+            self.drop_upload(id).await?;
+            return Err(RegistryError::DigestMismatch {
+                want: digest.clone(),
+                got,
+            });
+        }
+        self.store.commit(id, digest).await?;
+        self.meta.commit_blob(repo, digest, len, Some(id)).await?;
+        self.uploads.remove(id);
+        tracing::info!(repo.name = repo, blob.digest = %digest, size_bytes = len, "blob stored");
+        Ok(len)
+    }
+
+    /// A whole blob in one request (`POST ?digest=`).
+    pub async fn monolithic_upload(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let id = Uuid::new_v4();
+        self.store.begin(id).await?;
+        let mut hasher = Hasher::new(digest.algorithm());
+        let len = match self.store.append(id, 0, body, &mut hasher).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.store.abort(id).await;
+                return Err(RegistryError::UploadInvalid(format!(
+                    "blob not stored: {e}"
+                )));
+            }
+        };
+        let got = hasher.finish();
+        if &got != digest {
+            self.store.abort(id).await?;
+            return Err(RegistryError::DigestMismatch {
+                want: digest.clone(),
+                got,
+            });
+        }
+        self.store.commit(id, digest).await?;
+        self.meta.commit_blob(repo, digest, len, None).await?;
+        tracing::info!(repo.name = repo, blob.digest = %digest, size_bytes = len, "blob stored");
+        Ok(len)
+    }
+
+    /// Stores a small blob the registry itself knows the bytes of.
+    pub(super) async fn put_small_blob(&self, repo: &str, bytes: &'static [u8]) -> Result<Digest> {
+        let digest = Digest::sha256(bytes);
+        let body =
+            futures::stream::once(async move { Ok(bytes::Bytes::from_static(bytes)) }).boxed();
+        self.monolithic_upload(repo, &digest, body).await?;
+        Ok(digest)
+    }
+
+    /// Cancels an upload.
+    pub async fn cancel_upload(&self, repo: &str, id: Uuid) -> Result<()> {
+        let session = self.uploads.get(id);
+        let _st = session.lock().await;
+        self.session_len(repo, id).await?;
+        self.drop_upload(id).await
+    }
+
+    async fn drop_upload(&self, id: Uuid) -> Result<()> {
+        self.meta.delete_upload(id).await?;
+        self.store.abort(id).await?;
+        self.uploads.remove(id);
+        Ok(())
+    }
+
+    /// Removes uploads untouched for longer than the TTL. Returns how many.
+    pub async fn purge_stale_uploads(&self) -> Result<usize> {
+        let before = berth_storage::now_secs() - self.settings.upload_ttl.as_secs() as i64;
+        let stale = self.meta.stale_uploads(before).await?;
+        let mut n = 0;
+        for id in stale {
+            let session = self.uploads.get(id);
+            // A request in flight holds the lock: leave that session for the next round.
+            let Ok(_st) = session.try_lock() else {
+                continue;
+            };
+            self.drop_upload(id).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// At start-up: removes upload files that have no session row (a crash between the two).
+    pub async fn sweep_orphan_uploads(&self) -> Result<usize> {
+        let mut n = 0;
+        for id in self.store.list_uploads().await? {
+            if self.meta.upload(id).await?.is_none() {
+                self.store.abort(id).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,155 @@
+//! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>` (spec end-2, end-10).
+
+use super::header_str;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_oci::{Digest, ErrorCode, RepoName};
+use berth_storage::blob::ByteRange;
+
+/// A `Range` header's meaning for a blob of `total` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeReq {
+    /// No usable Range header: serve everything (RFC 9110 says to ignore what we can't parse).
+    Full,
+    /// One satisfiable range.
+    Part(ByteRange),
+    /// A range that starts past the end.
+    Unsatisfiable,
+}
+
+/// Parses `bytes=a-b`, `bytes=a-` and `bytes=-n`; several ranges are served as a full body.
+pub fn parse_range(h: Option<&str>, total: u64) -> RangeReq {
+    let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeReq::Full;
+    };
+    if spec.contains(',') {
+        return RangeReq::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match num(b) {
+            Some(0) => RangeReq::Unsatisfiable,
+            Some(n) if total == 0 => {
+                let _ = n;
+                RangeReq::Unsatisfiable
+            }
+            Some(n) => RangeReq::Part(ByteRange {
+                start: total.saturating_sub(n),
+                end: total,
+            }),
+            None => RangeReq::Full,
+        },
+        (false, _) => {
+            let Some(start) = num(a) else {
+                return RangeReq::Full;
+            };
+            let end = if b.is_empty() {
+                Some(total.saturating_sub(1))
+            } else {
+                num(b)
+            };
+            let Some(end) = end else {
+                return RangeReq::Full;
+            };
+            if end < start {
+                return RangeReq::Full;
+            }
+            if start >= total {
+                return RangeReq::Unsatisfiable;
+            }
+            RangeReq::Part(ByteRange {
+                start,
+                end: end.min(total - 1) + 1,
+            })
+        }
+        (true, true) => RangeReq::Full,
+    }
+}
+
+fn digest_header(d: &Digest) -> HeaderValue {
+    HeaderValue::from_str(d.as_str()).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// GET or HEAD of a blob, with Range support.
+pub async fn get(
+    st: &AppState,
+    name: RepoName,
+    digest: Digest,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let total = st.registry.blob_size(name.as_str(), &digest).await?;
+    let range = parse_range(header_str(req.headers(), "range"), total);
+    let (status, part) = match range {
+        RangeReq::Full => (StatusCode::OK, None),
+        RangeReq::Part(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
+        RangeReq::Unsatisfiable => {
+            return Err(
+                ApiError::oci(ErrorCode::BlobUnknown, "requested range not satisfiable")
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header("content-range", format!("bytes */{total}")),
+            );
+        }
+    };
+    let len = part.map_or(total, |r| r.end - r.start);
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("docker-content-digest", digest_header(&digest))
+        .header(header::ETAG, format!("\"{digest}\""))
+        .header(header::CACHE_CONTROL, "max-age=31536000");
+    if let Some(r) = part {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{total}", r.start, r.end - 1),
+        );
+    }
+    if req.method() == Method::HEAD {
+        return builder
+            .body(Body::empty())
+            .map_err(|e| ApiError::Internal(e.into()));
+    }
+    let body = st.registry.read_blob(&digest, part).await?;
+    builder
+        .body(Body::from_stream(body.stream))
+        .map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// DELETE of a blob: unlinks it from the repository.
+pub async fn delete(st: &AppState, name: RepoName, digest: Digest) -> Result<Response, ApiError> {
+    st.registry.delete_blob(name.as_str(), &digest).await?;
+    Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(start: u64, end: u64) -> RangeReq {
+        RangeReq::Part(ByteRange { start, end })
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), RangeReq::Full);
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), part(0, 5));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), part(5, 10));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), part(7, 10));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), part(0, 10));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), part(8, 10));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), RangeReq::Full);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeReq::Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), RangeReq::Full);
+        assert_eq!(parse_range(Some("bytes=x-1"), 10), RangeReq::Full);
+    }
+}

@@ -1,0 +1,307 @@
+//! HTTP only: parse the path and headers, call `registry`, shape the response.
+//!
+//! Repository names contain `/`, so every `/v2/<name>/...` request goes through one catch-all
+//! route and [`OciPath::parse`] reads the path from the right, where the reference, digest and
+//! upload id never contain `/`. Routes call `registry`; `registry` never calls routes.
+
+mod blobs;
+mod catalog;
+mod manifests;
+mod referrers;
+mod uploads;
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_oci::{Digest, ErrorCode, Reference, RepoName};
+use uuid::Uuid;
+
+pub use catalog::catalog;
+
+/// The endpoint families of the spec, with their parsed parameters.
+#[derive(Debug, PartialEq)]
+pub enum OciPath {
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest {
+        /// Repository.
+        name: RepoName,
+        /// Tag or digest.
+        reference: Reference,
+    },
+    /// `/v2/<name>/blobs/<digest>`
+    Blob {
+        /// Repository.
+        name: RepoName,
+        /// Digest.
+        digest: Digest,
+    },
+    /// `/v2/<name>/blobs/uploads/`
+    UploadStart {
+        /// Repository.
+        name: RepoName,
+    },
+    /// `/v2/<name>/blobs/uploads/<id>`
+    Upload {
+        /// Repository.
+        name: RepoName,
+        /// Session id (unparsed: an unknown or malformed id is BLOB_UPLOAD_UNKNOWN).
+        id: String,
+    },
+    /// `/v2/<name>/tags/list`
+    Tags {
+        /// Repository.
+        name: RepoName,
+    },
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers {
+        /// Repository.
+        name: RepoName,
+        /// Subject digest.
+        digest: Digest,
+    },
+}
+
+fn not_found() -> ApiError {
+    ApiError::oci(ErrorCode::NameUnknown, "no such endpoint").status(StatusCode::NOT_FOUND)
+}
+
+fn name(s: &str) -> Result<RepoName, ApiError> {
+    s.parse()
+        .map_err(|e: berth_oci::NameError| ApiError::oci(ErrorCode::NameInvalid, e.to_string()))
+}
+
+/// Parses a digest from a request, as DIGEST_INVALID on failure.
+pub fn digest(s: &str) -> Result<Digest, ApiError> {
+    s.parse()
+        .map_err(|e: berth_oci::DigestError| ApiError::oci(ErrorCode::DigestInvalid, e.to_string()))
+}
+
+fn reference(s: &str) -> Result<Reference, ApiError> {
+    s.parse().map_err(|e| match e {
+        berth_oci::reference::ReferenceError::Digest(d) => {
+            ApiError::oci(ErrorCode::DigestInvalid, d.to_string())
+        }
+        berth_oci::reference::ReferenceError::Tag(t) => {
+            ApiError::oci(ErrorCode::ManifestInvalid, t.to_string())
+        }
+    })
+}
+
+impl OciPath {
+    /// Parses the text after `/v2/`: `a/b/manifests/v1`, `a/b/blobs/uploads/`, ...
+    pub fn parse(rest: &str) -> Result<Self, ApiError> {
+        let (head, last) = rest.rsplit_once('/').ok_or_else(not_found)?;
+        // `/v2/<name>/blobs/uploads/` (trailing slash) and `/v2/<name>/blobs/uploads/<id>`.
+        if let Some(n) = head.strip_suffix("/blobs/uploads") {
+            if last.is_empty() {
+                return Ok(Self::UploadStart { name: name(n)? });
+            }
+            return Ok(Self::Upload {
+                name: name(n)?,
+                id: last.to_owned(),
+            });
+        }
+        if last.is_empty() {
+            // `/v2/<name>/blobs/uploads` without the slash is accepted too.
+            if let Some(n) = head.strip_suffix("/blobs/uploads") {
+                return Ok(Self::UploadStart { name: name(n)? });
+            }
+            return Err(not_found());
+        }
+        if last == "uploads" {
+            if let Some(n) = head.strip_suffix("/blobs") {
+                return Ok(Self::UploadStart { name: name(n)? });
+            }
+        }
+        let (n, kind) = head.rsplit_once('/').ok_or_else(not_found)?;
+        Ok(match (kind, last) {
+            ("manifests", r) => Self::Manifest {
+                name: name(n)?,
+                reference: reference(r)?,
+            },
+            ("blobs", d) => Self::Blob {
+                name: name(n)?,
+                digest: digest(d)?,
+            },
+            ("tags", "list") => Self::Tags { name: name(n)? },
+            ("referrers", d) => Self::Referrers {
+                name: name(n)?,
+                digest: digest(d)?,
+            },
+            _ => return Err(not_found()),
+        })
+    }
+}
+
+fn unsupported() -> ApiError {
+    ApiError::oci(
+        ErrorCode::Unsupported,
+        "method not allowed on this endpoint",
+    )
+}
+
+/// `GET /v2/`: the API version check.
+pub async fn base() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response()
+}
+
+/// Every `/v2/<name>/...` request.
+pub async fn dispatch(
+    State(st): State<AppState>,
+    Path(rest): Path<String>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let path = OciPath::parse(&rest)?;
+    let method = req.method().clone();
+    match (method, path) {
+        (Method::GET | Method::HEAD, OciPath::Manifest { name, reference }) => {
+            manifests::get(&st, name, reference, req).await
+        }
+        (Method::PUT, OciPath::Manifest { name, reference }) => {
+            manifests::put(&st, name, reference, req).await
+        }
+        (Method::DELETE, OciPath::Manifest { name, reference }) => {
+            manifests::delete(&st, name, reference).await
+        }
+        (Method::GET | Method::HEAD, OciPath::Blob { name, digest }) => {
+            blobs::get(&st, name, digest, req).await
+        }
+        (Method::DELETE, OciPath::Blob { name, digest }) => blobs::delete(&st, name, digest).await,
+        (Method::POST, OciPath::UploadStart { name }) => uploads::start(&st, name, req).await,
+        (Method::GET, OciPath::Upload { name, id }) => uploads::status(&st, name, &id).await,
+        (Method::PATCH, OciPath::Upload { name, id }) => uploads::patch(&st, name, &id, req).await,
+        (Method::PUT, OciPath::Upload { name, id }) => uploads::put(&st, name, &id, req).await,
+        (Method::DELETE, OciPath::Upload { name, id }) => uploads::cancel(&st, name, &id).await,
+        (Method::GET, OciPath::Tags { name }) => catalog::tags(&st, name, req).await,
+        (Method::GET, OciPath::Referrers { name, digest }) => {
+            referrers::list(&st, name, digest, req).await
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+/// Parses an upload id; anything that is not one of ours is an unknown upload.
+fn upload_id(s: &str) -> Result<Uuid, ApiError> {
+    s.parse::<Uuid>()
+        .map_err(|_| ApiError::oci(ErrorCode::BlobUploadUnknown, "upload unknown"))
+}
+
+/// Query parameters, repeated keys kept in order.
+fn query_pairs(req: &Request<Body>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    header_str(h, "content-length").and_then(|v| v.trim().parse().ok())
+}
+
+/// The request body as a byte stream for the store.
+fn body_stream(req: Request<Body>) -> berth_storage::blob::ByteStream {
+    use futures::TryStreamExt;
+    Box::pin(
+        req.into_body()
+            .into_data_stream()
+            .map_err(std::io::Error::other),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(r: Result<OciPath, ApiError>) -> Option<ErrorCode> {
+        match r {
+            Err(ApiError::Oci { code, .. }) => Some(code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parses_paths_from_the_right() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(matches!(
+            OciPath::parse("a/b/manifests/v1"),
+            Ok(OciPath::Manifest { .. })
+        ));
+        match OciPath::parse(&format!("x/blobs/y/blobs/{d}")).unwrap() {
+            OciPath::Blob { name, .. } => assert_eq!(name.as_str(), "x/blobs/y"),
+            p => panic!("{p:?}"),
+        }
+        match OciPath::parse("manifests/blobs/uploads/").unwrap() {
+            OciPath::UploadStart { name } => assert_eq!(name.as_str(), "manifests"),
+            p => panic!("{p:?}"),
+        }
+        match OciPath::parse("a/tags/list/tags/list").unwrap() {
+            OciPath::Tags { name } => assert_eq!(name.as_str(), "a/tags/list"),
+            p => panic!("{p:?}"),
+        }
+        match OciPath::parse("mirror/mcr.microsoft.com/windows/servercore/blobs/uploads/abc")
+            .unwrap()
+        {
+            OciPath::Upload { name, id } => {
+                assert_eq!(name.as_str(), "mirror/mcr.microsoft.com/windows/servercore");
+                assert_eq!(id, "abc");
+            }
+            p => panic!("{p:?}"),
+        }
+        assert!(matches!(
+            OciPath::parse(&format!("a/referrers/{d}")),
+            Ok(OciPath::Referrers { .. })
+        ));
+    }
+
+    #[test]
+    fn maps_bad_parts_to_codes() {
+        assert_eq!(
+            code(OciPath::parse("A/manifests/v1")),
+            Some(ErrorCode::NameInvalid)
+        );
+        assert_eq!(
+            code(OciPath::parse("a//b/manifests/v1")),
+            Some(ErrorCode::NameInvalid)
+        );
+        assert_eq!(
+            code(OciPath::parse("a/blobs/sha256:zz")),
+            Some(ErrorCode::DigestInvalid)
+        );
+        assert_eq!(
+            code(OciPath::parse("a/manifests/sha256:zz")),
+            Some(ErrorCode::DigestInvalid)
+        );
+        assert_eq!(
+            code(OciPath::parse("a/manifests/-bad")),
+            Some(ErrorCode::ManifestInvalid)
+        );
+        assert_eq!(
+            code(OciPath::parse("a/whatever/x")),
+            Some(ErrorCode::NameUnknown)
+        );
+        let long = format!("{}/manifests/v1", "a".repeat(256));
+        assert_eq!(code(OciPath::parse(&long)), Some(ErrorCode::NameInvalid));
+    }
+}

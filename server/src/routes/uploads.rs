@@ -1,0 +1,183 @@
+//! Blob uploads (spec end-4a/4b/5/6/11/13/14): POST, PATCH, GET status, PUT, DELETE.
+
+use super::{body_stream, content_length, digest, header_str, query_get, query_pairs, upload_id};
+use crate::error::ApiError;
+use crate::registry::{upload_range, ChunkRange, UploadStatus};
+use crate::AppState;
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_oci::{ErrorCode, RepoName};
+
+fn upload_location(name: &RepoName, id: &uuid::Uuid) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+fn accepted(name: &RepoName, s: UploadStatus) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [
+            (header::LOCATION, upload_location(name, &s.id)),
+            (header::RANGE, upload_range(s.offset)),
+            (
+                header::HeaderName::from_static("docker-upload-uuid"),
+                s.id.to_string(),
+            ),
+            (header::CONTENT_LENGTH, "0".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+fn created(name: &RepoName, d: &berth_oci::Digest) -> Response {
+    (
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, format!("/v2/{name}/blobs/{d}")),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                d.to_string(),
+            ),
+            (header::CONTENT_LENGTH, "0".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+/// POST: start an upload, or mount (`?mount=&from=`), or upload whole (`?digest=`).
+pub async fn start(
+    st: &AppState,
+    name: RepoName,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let q = query_pairs(&req);
+    if let Some(m) = query_get(&q, "mount") {
+        let d = digest(m)?;
+        if let Some(from) = query_get(&q, "from") {
+            // An invalid source name simply cannot hold the blob: fall back to an upload.
+            if let Ok(from) = from.parse::<RepoName>() {
+                if st
+                    .registry
+                    .mount_blob(name.as_str(), &d, from.as_str())
+                    .await?
+                {
+                    return Ok(created(&name, &d));
+                }
+            }
+        }
+        let s = st.registry.start_upload(name.as_str()).await?;
+        return Ok(accepted(&name, s));
+    }
+    if let Some(dg) = query_get(&q, "digest") {
+        let d = digest(dg)?;
+        st.registry
+            .monolithic_upload(name.as_str(), &d, body_stream(req))
+            .await?;
+        return Ok(created(&name, &d));
+    }
+    let s = st.registry.start_upload(name.as_str()).await?;
+    Ok(accepted(&name, s))
+}
+
+/// GET: where the upload stands.
+pub async fn status(st: &AppState, name: RepoName, id: &str) -> Result<Response, ApiError> {
+    let id = upload_id(id)?;
+    let s = st.registry.upload_status(name.as_str(), id).await?;
+    let mut r = accepted(&name, s);
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}
+
+/// Parses `Content-Range: <start>-<end>` (spec: `^[0-9]+-[0-9]+$`). `bytes ` and `/total`
+/// are tolerated, as some clients send the RFC 9110 form.
+fn chunk_range(h: &str) -> Result<ChunkRange, ApiError> {
+    let bad = || {
+        ApiError::oci(
+            ErrorCode::BlobUploadInvalid,
+            format!("malformed Content-Range {h:?}: expected <start>-<end>"),
+        )
+    };
+    let s = h.trim();
+    let s = s.strip_prefix("bytes ").unwrap_or(s);
+    let s = s.split_once('/').map_or(s, |(a, _)| a);
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let num = |x: &str| -> Result<u64, ApiError> {
+        if x.is_empty() || !x.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        x.parse().map_err(|_| bad())
+    };
+    Ok(ChunkRange {
+        start: num(a)?,
+        end: num(b)?,
+    })
+}
+
+/// PATCH: append a chunk.
+pub async fn patch(
+    st: &AppState,
+    name: RepoName,
+    id: &str,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let id = upload_id(id)?;
+    let range = header_str(req.headers(), "content-range")
+        .map(chunk_range)
+        .transpose()?;
+    let len = content_length(req.headers());
+    let s = st
+        .registry
+        .patch_upload(name.as_str(), id, range, len, body_stream(req))
+        .await?;
+    Ok(accepted(&name, s))
+}
+
+/// PUT `?digest=`: close the upload, with an optional last chunk.
+pub async fn put(
+    st: &AppState,
+    name: RepoName,
+    id: &str,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let id = upload_id(id)?;
+    let q = query_pairs(&req);
+    let Some(dg) = query_get(&q, "digest") else {
+        return Err(ApiError::oci(
+            ErrorCode::DigestInvalid,
+            "the closing PUT needs a ?digest= parameter",
+        ));
+    };
+    let d = digest(dg)?;
+    let has_body = content_length(req.headers()).map_or_else(
+        || header_str(req.headers(), "transfer-encoding").is_some(),
+        |n| n > 0,
+    );
+    let body = has_body.then(|| body_stream(req));
+    st.registry
+        .finish_upload(name.as_str(), id, &d, body)
+        .await?;
+    Ok(created(&name, &d))
+}
+
+/// DELETE: cancel the upload.
+pub async fn cancel(st: &AppState, name: RepoName, id: &str) -> Result<Response, ApiError> {
+    let id = upload_id(id)?;
+    st.registry.cancel_upload(name.as_str(), id).await?;
+    Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        let r = chunk_range("0-1023").unwrap();
+        assert_eq!((r.start, r.end), (0, 1023));
+        let r = chunk_range("bytes 10-20/*").unwrap();
+        assert_eq!((r.start, r.end), (10, 20));
+        for bad in ["", "1", "-1", "a-b", "1-", "+1-2", "1 - 2"] {
+            assert!(chunk_range(bad).is_err(), "{bad:?}");
+        }
+    }
+}

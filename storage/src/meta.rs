@@ -1,0 +1,557 @@
+//! Metadata through sqlx: repositories, blobs and their links, manifests, tags, uploads.
+//!
+//! Every SQL statement of berth lives in this module. The SQL is kept portable (numbered
+//! `$n` parameters, `ON CONFLICT`, no SQLite-only functions) so the PostgreSQL backend can
+//! share it. SQLite runs in WAL mode with one writer connection and a pool of readers.
+
+use crate::{now_secs, Error, Result};
+use berth_oci::Digest;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A manifest as stored.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// The media type it was pushed with.
+    pub media_type: String,
+    /// The exact bytes.
+    pub content: bytes::Bytes,
+}
+
+/// What the referrers API lists for one referring manifest.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    /// The referrer's digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: i64,
+    /// `artifactType`, else the config media type.
+    pub artifact_type: Option<String>,
+    /// Top-level annotations as JSON text.
+    pub annotations: Option<String>,
+}
+
+/// A manifest to insert, with everything the registry derived from it.
+#[derive(Debug, Clone)]
+pub struct NewManifest<'a> {
+    /// Digest of `content`.
+    pub digest: &'a Digest,
+    /// Media type.
+    pub media_type: &'a str,
+    /// Referrers artifact type.
+    pub artifact_type: Option<&'a str>,
+    /// `subject.digest`.
+    pub subject: Option<&'a Digest>,
+    /// Top-level annotations as JSON text.
+    pub annotations: Option<String>,
+    /// The exact bytes.
+    pub content: &'a [u8],
+    /// Blobs it references (config, layers); each gets linked to the repository.
+    pub blobs: Vec<Digest>,
+    /// Manifests it references (index children).
+    pub children: Vec<Digest>,
+}
+
+/// An upload session row.
+#[derive(Debug, Clone)]
+pub struct UploadRow {
+    /// Session id.
+    pub id: Uuid,
+    /// Repository the session belongs to.
+    pub repo: String,
+    /// Bytes received and stored so far.
+    pub size: u64,
+}
+
+/// The metadata store.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+fn digest_col(s: String) -> Result<Digest> {
+    s.parse().map_err(|e| Error::Corrupt(format!("{e}")))
+}
+
+impl Meta {
+    /// Opens (creating) the SQLite database at `path` and applies migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let base = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before the client hears 201, even on power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("cache_size", "-16000");
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone())
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Self { write, read })
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    async fn repo_id_tx(tx: &mut sqlx::SqliteConnection, name: &str) -> Result<i64> {
+        sqlx::query(
+            "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now_secs())
+        .execute(&mut *tx)
+        .await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(id)
+    }
+
+    // === blobs ===
+
+    /// Size of a blob if it is linked to `repo`.
+    pub async fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT b.size FROM repo_blobs rb \
+             JOIN repositories r ON r.id = rb.repo_id \
+             JOIN blobs b ON b.digest = rb.digest \
+             WHERE r.name = $1 AND rb.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(size.map(|s| s as u64))
+    }
+
+    /// Size of a blob anywhere in the registry.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(size.map(|s| s as u64))
+    }
+
+    /// Records a committed blob and links it to `repo`; removes the upload row, if any.
+    pub async fn commit_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        upload: Option<Uuid>,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
+        let now = now_secs();
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest.as_str())
+            .bind(size as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(repo_id)
+            .bind(digest.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(id) = upload {
+            sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Links an existing blob to `repo` (cross-repository mount). False if the blob is unknown.
+    pub async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
+        sqlx::query("INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(repo_id)
+            .bind(digest.as_str())
+            .bind(now_secs())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Unlinks a blob from `repo`. False if it was not linked.
+    pub async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let r = sqlx::query(
+            "DELETE FROM repo_blobs WHERE digest = $2 AND repo_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // === manifests ===
+
+    /// Stores a manifest in `repo`, links its blobs, and points `tags` at it, in one transaction.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        m: &NewManifest<'_>,
+        tags: &[String],
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
+        let now = now_secs();
+        sqlx::query(
+            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(m.digest.as_str())
+        .bind(m.media_type)
+        .bind(m.artifact_type)
+        .bind(m.subject.map(|s| s.as_str()))
+        .bind(m.annotations.as_deref())
+        .bind(m.content.len() as i64)
+        .bind(m.content)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (kind, list) in [("blob", &m.blobs), ("manifest", &m.children)] {
+            for child in list {
+                sqlx::query(
+                    "INSERT INTO manifest_refs (repo_id, parent, child, kind) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(repo_id)
+                .bind(m.digest.as_str())
+                .bind(child.as_str())
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for tag in tags {
+            sqlx::query(
+                "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(m.digest.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Which of `digests` are manifests in `repo`.
+    pub async fn manifest_exists(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT m.size FROM manifests m JOIN repositories r ON r.id = m.repo_id \
+             WHERE r.name = $1 AND m.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(n.is_some())
+    }
+
+    /// A manifest by digest.
+    pub async fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(
+            "SELECT m.media_type, m.content FROM manifests m JOIN repositories r ON r.id = m.repo_id \
+             WHERE r.name = $1 AND m.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| StoredManifest {
+            digest: digest.clone(),
+            media_type: r.get(0),
+            content: bytes::Bytes::from(r.get::<Vec<u8>, _>(1)),
+        }))
+    }
+
+    /// The digest a tag points at.
+    pub async fn tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>> {
+        let d: Option<String> = sqlx::query_scalar(
+            "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repo)
+        .bind(tag)
+        .fetch_optional(&self.read)
+        .await?;
+        d.map(digest_col).transpose()
+    }
+
+    /// Deletes a tag. False if it did not exist.
+    pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "DELETE FROM tags WHERE name = $2 AND repo_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repo)
+        .bind(tag)
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Deletes a manifest, its edges and every tag pointing at it. Returns the removed tags,
+    /// or `None` if the manifest did not exist.
+    pub async fn delete_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<Vec<String>>> {
+        let mut tx = self.write.begin().await?;
+        let repo_id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+                .bind(repo)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(repo_id) = repo_id else {
+            return Ok(None);
+        };
+        let r = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let tags: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(digest.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM manifest_refs WHERE repo_id = $1 AND parent = $2")
+            .bind(repo_id)
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(tags))
+    }
+
+    /// Manifests in `repo` whose subject is `digest`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations \
+             FROM manifests m JOIN repositories r ON r.id = m.repo_id \
+             WHERE r.name = $1 AND m.subject = $2 AND ($3 IS NULL OR m.artifact_type = $3) \
+             ORDER BY m.created_at, m.digest",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .bind(artifact_type)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: digest_col(r.get(0))?,
+                    media_type: r.get(1),
+                    size: r.get(2),
+                    artifact_type: r.get(3),
+                    annotations: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    // === tags and catalog ===
+
+    /// Whether the repository exists (has been written to).
+    pub async fn repo_exists(&self, repo: &str) -> Result<bool> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(id.is_some())
+    }
+
+    /// Tags of `repo` after `last`, sorted, at most `limit`.
+    pub async fn list_tags(
+        &self,
+        repo: &str,
+        last: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id \
+             WHERE r.name = $1 AND ($2 IS NULL OR t.name > $2) ORDER BY t.name LIMIT $3",
+        )
+        .bind(repo)
+        .bind(last)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Repositories holding at least one manifest, after `last`, sorted, at most `limit`.
+    pub async fn list_repos(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT r.name FROM repositories r \
+             WHERE ($1 IS NULL OR r.name > $1) AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) \
+             ORDER BY r.name LIMIT $2",
+        )
+        .bind(last)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    // === uploads ===
+
+    /// Records a new upload session.
+    pub async fn create_upload(&self, id: Uuid, repo: &str) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
+        let now = now_secs();
+        sqlx::query("INSERT INTO uploads (id, repo_id, size, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)")
+            .bind(id.to_string())
+            .bind(repo_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An upload session by id.
+    pub async fn upload(&self, id: Uuid) -> Result<Option<UploadRow>> {
+        let row = sqlx::query(
+            "SELECT r.name, u.size FROM uploads u JOIN repositories r ON r.id = u.repo_id WHERE u.id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| UploadRow {
+            id,
+            repo: r.get(0),
+            size: r.get::<i64, _>(1) as u64,
+        }))
+    }
+
+    /// Records the stored length of an upload and marks it as active now.
+    pub async fn touch_upload(&self, id: Uuid, size: u64) -> Result<()> {
+        sqlx::query("UPDATE uploads SET size = $2, updated_at = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(size as i64)
+            .bind(now_secs())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes an upload row. False if there was none.
+    pub async fn delete_upload(&self, id: Uuid) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Uploads untouched since `before` (Unix seconds).
+    pub async fn stale_uploads(&self, before: i64) -> Result<Vec<Uuid>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM uploads WHERE updated_at < $1")
+            .bind(before)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn manifest_and_tag_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open_sqlite(&dir.path().join("m.db")).await.unwrap();
+        let blob = Digest::sha256(b"layer");
+        meta.commit_blob("a/b", &blob, 5, None).await.unwrap();
+        assert_eq!(meta.repo_blob_size("a/b", &blob).await.unwrap(), Some(5));
+        assert_eq!(meta.repo_blob_size("other", &blob).await.unwrap(), None);
+        let content = br#"{"schemaVersion":2}"#;
+        let d = Digest::sha256(content);
+        let subject = Digest::sha256(b"s");
+        let nm = NewManifest {
+            digest: &d,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            artifact_type: Some("application/x"),
+            subject: Some(&subject),
+            annotations: None,
+            content,
+            blobs: vec![blob.clone()],
+            children: vec![],
+        };
+        meta.put_manifest("a/b", &nm, &["v1".into(), "v2".into()])
+            .await
+            .unwrap();
+        assert_eq!(meta.tag("a/b", "v1").await.unwrap(), Some(d.clone()));
+        assert_eq!(
+            meta.list_tags("a/b", Some("v1"), 10).await.unwrap(),
+            vec!["v2"]
+        );
+        assert_eq!(meta.list_repos(None, 10).await.unwrap(), vec!["a/b"]);
+        let refs = meta.referrers("a/b", &subject, None).await.unwrap();
+        assert_eq!(refs.len(), 1);
+        assert!(meta
+            .referrers("a/b", &subject, Some("application/y"))
+            .await
+            .unwrap()
+            .is_empty());
+        let removed = meta.delete_manifest("a/b", &d).await.unwrap().unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(meta.tag("a/b", "v1").await.unwrap().is_none());
+    }
+}

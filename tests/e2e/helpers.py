@@ -1,0 +1,298 @@
+"""Helpers for berth's HTTP end-to-end tests (tests/e2e/test_api*.py).
+
+Everything here talks HTTP to a real `berth serve` process started by conftest.Berth.
+"""
+import hashlib
+import json
+import os
+import pathlib
+import re
+import socket
+import uuid
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+import requests
+
+from conftest import Berth
+
+API_VERSION = "registry/2.0"
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+EMPTY_JSON = b"{}"
+
+SPEC_CODES = {
+    "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
+    "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
+}
+
+
+# ---------------------------------------------------------------- digests and names
+
+def digest(data, alg="sha256"):
+    return f"{alg}:" + hashlib.new(alg, data).hexdigest()
+
+
+def uniq(prefix="t"):
+    """A fresh repository name, so tests can share one registry process."""
+    return f"{prefix}/{uuid.uuid4().hex[:12]}"
+
+
+def canon(obj):
+    return json.dumps(obj, separators=(",", ":"), sort_keys=False).encode()
+
+
+def rand_bytes(n):
+    return os.urandom(n)
+
+
+# ---------------------------------------------------------------- the HTTP client
+
+def _check_api_version(resp, *args, **kwargs):
+    got = resp.headers.get("Docker-Distribution-API-Version")
+    assert got == API_VERSION, (
+        f"{resp.request.method} {resp.request.url} -> {resp.status_code}: "
+        f"Docker-Distribution-API-Version = {got!r}"
+    )
+
+
+class Client:
+    """requests.Session bound to one registry. Every response is checked for the API version header."""
+
+    def __init__(self, base_url):
+        self.base = base_url.rstrip("/")
+        self.s = requests.Session()
+        self.s.hooks["response"].append(_check_api_version)
+
+    def url(self, path_or_location):
+        """Absolute URL for a path ('/v2/...') or a Location header value (relative or absolute)."""
+        return urljoin(self.base + "/", path_or_location)
+
+    def request(self, method, path, **kw):
+        kw.setdefault("allow_redirects", False)
+        kw.setdefault("timeout", 60)
+        return self.s.request(method, self.url(path), **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def head(self, path, **kw):
+        return self.request("HEAD", path, **kw)
+
+    def put(self, path, **kw):
+        return self.request("PUT", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def patch(self, path, **kw):
+        return self.request("PATCH", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    # -- blobs ------------------------------------------------------------------
+    def push_blob(self, name, data, alg="sha256"):
+        """Monolithic single-POST upload. Returns the digest."""
+        d = digest(data, alg)
+        r = self.post(f"/v2/{name}/blobs/uploads/", params={"digest": d}, data=data,
+                      headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 201, (r.status_code, r.text)
+        assert r.headers.get("Docker-Content-Digest") == d
+        return d
+
+    def start_upload(self, name):
+        r = self.post(f"/v2/{name}/blobs/uploads/")
+        assert r.status_code == 202, (r.status_code, r.text)
+        return r.headers["Location"]
+
+    def patch_chunk(self, location, data, content_range=None):
+        headers = {"Content-Type": "application/octet-stream"}
+        if content_range is not None:
+            headers["Content-Range"] = content_range
+        return self.patch(location, data=data, headers=headers)
+
+    def put_upload(self, location, dgst=None, data=b""):
+        params = {"digest": dgst} if dgst is not None else None
+        return self.put(location, params=params, data=data,
+                        headers={"Content-Type": "application/octet-stream"})
+
+    def get_blob(self, name, dgst, **kw):
+        return self.get(f"/v2/{name}/blobs/{dgst}", **kw)
+
+    # -- manifests --------------------------------------------------------------
+    def put_manifest(self, name, ref, body, media_type=OCI_MANIFEST, params=None):
+        if not isinstance(body, (bytes, bytearray)):
+            body = canon(body)
+        headers = {"Content-Type": media_type} if media_type else {}
+        return self.put(f"/v2/{name}/manifests/{ref}", data=body, headers=headers, params=params)
+
+    def push_manifest(self, name, ref, body, media_type=OCI_MANIFEST):
+        """PUT a manifest that must succeed. Returns (bytes, digest)."""
+        if not isinstance(body, (bytes, bytearray)):
+            body = canon(body)
+        r = self.put_manifest(name, ref, body, media_type)
+        assert r.status_code == 201, (r.status_code, r.text)
+        d = digest(body)
+        assert r.headers.get("Docker-Content-Digest") == d
+        return body, d
+
+    def push_image(self, name, tag=None, layers=1, config_media=OCI_CONFIG, manifest_media=OCI_MANIFEST,
+                   layer_media=OCI_LAYER, extra=None, layer_data=None):
+        """Pushes config + layers + an image manifest. Returns an Image."""
+        cfg = canon({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+                     "nonce": uuid.uuid4().hex})
+        cfg_d = self.push_blob(name, cfg)
+        descs = []
+        blobs = {cfg_d: cfg}
+        for i in range(layers):
+            data = layer_data[i] if layer_data else rand_bytes(64 + i)
+            d = self.push_blob(name, data)
+            blobs[d] = data
+            descs.append({"mediaType": layer_media, "digest": d, "size": len(data)})
+        m = {"schemaVersion": 2, "mediaType": manifest_media,
+             "config": {"mediaType": config_media, "digest": cfg_d, "size": len(cfg)},
+             "layers": descs}
+        if extra:
+            m.update(extra)
+        body = canon(m)
+        ref = tag if tag is not None else digest(body)
+        body, d = self.push_manifest(name, ref, body, manifest_media)
+        return Image(body, d, manifest_media, m, blobs)
+
+    def upload_status(self, location):
+        return self.get(location)
+
+
+class Image:
+    def __init__(self, body, dgst, media_type, obj, blobs):
+        self.body = body
+        self.digest = dgst
+        self.media_type = media_type
+        self.obj = obj
+        self.blobs = blobs
+
+    def descriptor(self, **extra):
+        d = {"mediaType": self.media_type, "digest": self.digest, "size": len(self.body)}
+        d.update(extra)
+        return d
+
+
+# ---------------------------------------------------------------- assertions
+
+def assert_error(resp, status, code):
+    """A spec error: the status, a JSON body, errors[0].code == code."""
+    assert resp.status_code == status, (
+        f"{resp.request.method} {resp.request.url}: expected {status} {code}, got {resp.status_code} "
+        f"{resp.text[:500]!r}")
+    if resp.request.method == "HEAD":
+        return
+    ctype = resp.headers.get("Content-Type", "")
+    assert "json" in ctype, f"error Content-Type {ctype!r}"
+    try:
+        body = resp.json()
+    except ValueError:
+        raise AssertionError(f"error body is not JSON: {resp.text[:500]!r}")
+    assert isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"], body
+    err = body["errors"][0]
+    assert err.get("code") == code, f"expected code {code}, got {body}"
+    assert isinstance(err.get("message"), str), body
+
+
+def assert_spec_error_body(resp):
+    """A JSON error envelope with some spec code (for statuses whose code the contract leaves open)."""
+    body = resp.json()
+    assert body["errors"] and body["errors"][0]["code"] in SPEC_CODES, body
+    return body["errors"][0]["code"]
+
+
+def loc_path(resp):
+    loc = resp.headers.get("Location")
+    assert loc, f"no Location header on {resp.status_code}"
+    return urlsplit(loc).path
+
+
+def upload_uuid_from(location):
+    return urlsplit(location).path.rstrip("/").rsplit("/", 1)[1]
+
+
+def parse_link(resp):
+    """The next URL from a `Link: <url>; rel="next"` header, or None."""
+    link = resp.headers.get("Link")
+    if not link:
+        return None
+    m = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', link)
+    assert m, f"malformed Link header: {link!r}"
+    return m.group(1)
+
+
+def header_list(resp, name):
+    """All values of a header that may repeat (each OCI-Tag is its own header line)."""
+    vals = resp.raw.headers.getlist(name)
+    out = []
+    for v in vals:
+        out.extend(x.strip() for x in v.split(","))
+    return out
+
+
+def files_under(path):
+    p = pathlib.Path(path)
+    if not p.exists():
+        return []
+    return sorted(x for x in p.rglob("*") if x.is_file())
+
+
+def range_end(resp):
+    """Parses a `Range: 0-<end>` header and returns end."""
+    rng = resp.headers.get("Range")
+    assert rng is not None, f"no Range header on {resp.status_code}"
+    m = re.fullmatch(r"(?:bytes=)?0-(\d+)", rng.strip())
+    assert m, f"bad Range header {rng!r}"
+    return int(m.group(1))
+
+
+def raw_http(addr, request_bytes, read=True, timeout=10):
+    """Sends raw bytes on a fresh TCP connection; returns what came back (until close or timeout)."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    try:
+        s.sendall(request_bytes)
+        if not read:
+            return b""
+        chunks = []
+        while True:
+            try:
+                c = s.recv(65536)
+            except socket.timeout:
+                break
+            if not c:
+                break
+            chunks.append(c)
+        return b"".join(chunks)
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One registry shared by a test module; tests use uniq() repository names to stay apart."""
+    b = Berth(tmp_path_factory.mktemp("shared") / "data").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def c(shared):
+    return Client(shared.url)

@@ -1,0 +1,429 @@
+"""Blob uploads: POST, monolithic POST, chunked PATCH, status, closing PUT, cancel, mount, expiry."""
+import time
+import uuid
+
+import pytest
+
+from helpers import (  # noqa: F401  (shared, c are fixtures)
+    Client, assert_error, assert_spec_error_body, c, digest, files_under, loc_path, rand_bytes,
+    range_end, raw_http, shared, uniq, upload_uuid_from,
+)
+
+
+def upload_files(berth):
+    return files_under(berth.data_dir / "uploads")
+
+
+# ---------------------------------------------------------------- POST
+
+def test_post_starts_upload(c):
+    name = uniq()
+    r = c.post(f"/v2/{name}/blobs/uploads/")
+    assert r.status_code == 202, r.text
+    path = loc_path(r)
+    prefix = f"/v2/{name}/blobs/uploads/"
+    assert path.startswith(prefix) and len(path) > len(prefix)
+    u = r.headers["Docker-Upload-UUID"]
+    assert u and path == prefix + u
+    assert r.headers["Range"] == "0-0"
+    # status works straight away
+    s = c.get(r.headers["Location"])
+    assert s.status_code == 204
+    assert s.headers["Docker-Upload-UUID"] == u
+
+
+def test_post_gives_distinct_uploads(c):
+    name = uniq()
+    a = c.post(f"/v2/{name}/blobs/uploads/").headers["Docker-Upload-UUID"]
+    b = c.post(f"/v2/{name}/blobs/uploads/").headers["Docker-Upload-UUID"]
+    assert a != b
+
+
+def test_monolithic_post(c):
+    name = uniq()
+    data = rand_bytes(5000)
+    d = digest(data)
+    r = c.post(f"/v2/{name}/blobs/uploads/", params={"digest": d}, data=data,
+               headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    assert loc_path(r) == f"/v2/{name}/blobs/{d}"
+    assert r.headers["Docker-Content-Digest"] == d
+    g = c.get(r.headers["Location"])
+    assert g.status_code == 200 and g.content == data
+
+
+def test_monolithic_post_digest_mismatch(berth):
+    c = Client(berth.url)
+    name = uniq()
+    data = rand_bytes(100)
+    wrong = digest(b"other bytes")
+    r = c.post(f"/v2/{name}/blobs/uploads/", params={"digest": wrong}, data=data,
+               headers={"Content-Type": "application/octet-stream"})
+    assert_error(r, 400, "DIGEST_INVALID")
+    assert_error(c.get_blob(name, wrong), 404, "BLOB_UNKNOWN")
+    assert_error(c.get_blob(name, digest(data)), 404, "BLOB_UNKNOWN")
+    assert files_under(berth.data_dir / "blobs") == []
+    assert upload_files(berth) == []
+
+
+@pytest.mark.parametrize("bad", ["sha256:XYZ", "md5:" + "a" * 32, "sha256:abc", "sha256:" + "A" * 64])
+def test_monolithic_post_bad_digest_syntax(c, bad):
+    r = c.post(f"/v2/{uniq()}/blobs/uploads/", params={"digest": bad}, data=b"abc")
+    assert_error(r, 400, "DIGEST_INVALID")
+
+
+def test_monolithic_post_sha512(c):
+    name = uniq()
+    data = rand_bytes(333)
+    d = digest(data, "sha512")
+    r = c.post(f"/v2/{name}/blobs/uploads/", params={"digest": d}, data=data)
+    assert r.status_code == 201
+    assert r.headers["Docker-Content-Digest"] == d
+    assert loc_path(r) == f"/v2/{name}/blobs/{d}"
+    assert c.get_blob(name, d).content == data
+
+
+# ---------------------------------------------------------------- PATCH / status / PUT
+
+def test_chunked_upload_in_order(c):
+    name = uniq()
+    data = rand_bytes(3000)
+    loc = c.start_upload(name)
+    u = upload_uuid_from(loc)
+    r = c.patch_chunk(loc, data[:1000], "0-999")
+    assert r.status_code == 202, r.text
+    assert r.headers["Range"] == "0-999"
+    assert r.headers["Docker-Upload-UUID"] == u
+    assert loc_path(r) == f"/v2/{name}/blobs/uploads/{u}"
+    r = c.patch_chunk(r.headers["Location"], data[1000:2500], "1000-2499")
+    assert r.status_code == 202, r.text
+    assert r.headers["Range"] == "0-2499"
+    s = c.get(r.headers["Location"])
+    assert s.status_code == 204
+    assert s.headers["Range"] == "0-2499"
+    assert s.headers["Docker-Upload-UUID"] == u
+    assert loc_path(s) == f"/v2/{name}/blobs/uploads/{u}"
+    r = c.patch_chunk(r.headers["Location"], data[2500:], "2500-2999")
+    assert r.status_code == 202 and r.headers["Range"] == "0-2999"
+    d = digest(data)
+    p = c.put_upload(r.headers["Location"], d)
+    assert p.status_code == 201, p.text
+    assert loc_path(p) == f"/v2/{name}/blobs/{d}"
+    assert p.headers["Docker-Content-Digest"] == d
+    g = c.get_blob(name, d)
+    assert g.status_code == 200 and g.content == data
+
+
+def test_streamed_patch_without_content_range(c):
+    name = uniq()
+    data = rand_bytes(2048)
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, data[:1024])
+    assert r.status_code == 202 and r.headers["Range"] == "0-1023"
+    r = c.patch_chunk(r.headers["Location"], data[1024:])
+    assert r.status_code == 202 and r.headers["Range"] == "0-2047"
+    d = digest(data)
+    assert c.put_upload(r.headers["Location"], d).status_code == 201
+    assert c.get_blob(name, d).content == data
+
+
+def test_streamed_patch_chunked_transfer_encoding(c):
+    name = uniq()
+    data = rand_bytes(300_000)
+
+    def gen():
+        for i in range(0, len(data), 65536):
+            yield data[i:i + 65536]
+
+    loc = c.start_upload(name)
+    r = c.patch(loc, data=gen(), headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 202, r.text
+    assert r.headers["Range"] == f"0-{len(data) - 1}"
+    d = digest(data)
+    assert c.put_upload(r.headers["Location"], d).status_code == 201
+    assert c.get_blob(name, d).content == data
+
+
+def test_put_with_last_chunk_in_body(c):
+    name = uniq()
+    data = rand_bytes(1500)
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, data[:1000], "0-999")
+    assert r.status_code == 202
+    d = digest(data)
+    p = c.put_upload(r.headers["Location"], d, data[1000:])
+    assert p.status_code == 201, p.text
+    assert loc_path(p) == f"/v2/{name}/blobs/{d}"
+    assert p.headers["Docker-Content-Digest"] == d
+    assert c.get_blob(name, d).content == data
+
+
+def test_post_then_put_whole_blob(c):
+    name = uniq()
+    data = rand_bytes(4321)
+    loc = c.start_upload(name)
+    d = digest(data)
+    p = c.put_upload(loc, d, data)
+    assert p.status_code == 201, p.text
+    assert p.headers["Docker-Content-Digest"] == d
+    assert c.get_blob(name, d).content == data
+
+
+def test_put_sha512_after_chunks(c):
+    name = uniq()
+    data = rand_bytes(999)
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, data[:500], "0-499")
+    assert r.status_code == 202
+    d = digest(data, "sha512")
+    p = c.put_upload(r.headers["Location"], d, data[500:])
+    assert p.status_code == 201, p.text
+    assert p.headers["Docker-Content-Digest"] == d
+    assert c.get_blob(name, d).content == data
+
+
+def test_upload_finished_is_gone(c):
+    name = uniq()
+    data = b"hello world"
+    loc = c.start_upload(name)
+    assert c.put_upload(loc, digest(data), data).status_code == 201
+    assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.patch_chunk(loc, b"more"), 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+def test_patch_out_of_order(c):
+    name = uniq()
+    data = rand_bytes(40)
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, data[:10], "0-9")
+    assert r.status_code == 202
+    loc = r.headers["Location"]
+    # a gap
+    r = c.patch_chunk(loc, data[20:30], "20-29")
+    assert r.status_code == 416, r.text
+    assert r.headers["Range"] == "0-9"
+    assert_spec_error_body(r)
+    # a chunk that overlaps what is stored (resent)
+    r = c.patch_chunk(loc, data[5:15], "5-14")
+    assert r.status_code == 416
+    assert r.headers["Range"] == "0-9"
+    r = c.patch_chunk(loc, data[:10], "0-9")
+    assert r.status_code == 416
+    assert r.headers["Range"] == "0-9"
+    # nothing was stored by the rejected chunks; continuing in order works
+    s = c.get(loc)
+    assert s.status_code == 204 and s.headers["Range"] == "0-9"
+    r = c.patch_chunk(loc, data[10:], "10-39")
+    assert r.status_code == 202 and r.headers["Range"] == "0-39"
+    d = digest(data)
+    assert c.put_upload(r.headers["Location"], d).status_code == 201
+    assert c.get_blob(name, d).content == data
+
+
+def test_first_chunk_not_at_zero(c):
+    name = uniq()
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, b"0123456789", "5-14")
+    assert r.status_code == 416, r.text
+
+
+@pytest.mark.parametrize("bad", ["abc", "0-", "-9", "x-y", "0-9-", "bytes=0-9"])
+def test_patch_malformed_content_range(c, bad):
+    name = uniq()
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, b"0123456789", bad)
+    assert_error(r, 400, "BLOB_UPLOAD_INVALID")
+
+
+@pytest.mark.parametrize("cr,body", [("0-9", b"01234"), ("0-4", b"0123456789")])
+def test_patch_content_range_length_mismatch(c, cr, body):
+    name = uniq()
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, body, cr)
+    assert_error(r, 400, "BLOB_UPLOAD_INVALID")
+
+
+def test_put_wrong_digest_discards_upload(berth):
+    c = Client(berth.url)
+    name = uniq()
+    data = rand_bytes(2000)
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, data[:1000], "0-999")
+    assert r.status_code == 202
+    loc = r.headers["Location"]
+    wrong = digest(b"not the data")
+    p = c.put_upload(loc, wrong, data[1000:])
+    assert_error(p, 400, "DIGEST_INVALID")
+    assert_error(c.get_blob(name, wrong), 404, "BLOB_UNKNOWN")
+    assert_error(c.get_blob(name, digest(data)), 404, "BLOB_UNKNOWN")
+    assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.put_upload(loc, digest(data), data[1000:]), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert files_under(berth.data_dir / "blobs") == []
+    assert upload_files(berth) == []
+
+
+def test_put_without_digest(berth):
+    c = Client(berth.url)
+    name = uniq()
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, b"abcdef", "0-5")
+    assert r.status_code == 202
+    loc = r.headers["Location"]
+    p = c.put_upload(loc, None)
+    assert_error(p, 400, "DIGEST_INVALID")
+    assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert files_under(berth.data_dir / "blobs") == []
+
+
+@pytest.mark.parametrize("bad", ["sha256:XYZ", "md5:" + "a" * 32, "sha256:" + "0" * 63])
+def test_put_bad_digest_syntax(c, bad):
+    loc = c.start_upload(uniq())
+    assert_error(c.put_upload(loc, bad, b"abc"), 400, "DIGEST_INVALID")
+
+
+def test_cancel_upload(berth):
+    c = Client(berth.url)
+    name = uniq()
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, b"some bytes", "0-9")
+    assert r.status_code == 202
+    loc = r.headers["Location"]
+    assert upload_files(berth) != [], "in-progress bytes live under <data>/uploads"
+    d = c.delete(loc)
+    assert d.status_code == 204, d.text
+    assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.patch_chunk(loc, b"more", "10-13"), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.put_upload(loc, digest(b"some bytes")), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.delete(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert upload_files(berth) == []
+
+
+@pytest.mark.parametrize("upload_id", [str(uuid.uuid4()), "not-a-uuid"])
+def test_unknown_upload(c, upload_id):
+    name = uniq()
+    loc = f"/v2/{name}/blobs/uploads/{upload_id}"
+    assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.patch_chunk(loc, b"abc"), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.put_upload(loc, digest(b"abc"), b"abc"), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.delete(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+def test_upload_id_under_other_repo(c):
+    a, b = uniq(), uniq()
+    data = rand_bytes(64)
+    loc = c.start_upload(a)
+    u = upload_uuid_from(loc)
+    r = c.patch_chunk(loc, data[:32], "0-31")
+    assert r.status_code == 202
+    other = f"/v2/{b}/blobs/uploads/{u}"
+    assert_error(c.get(other), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.patch_chunk(other, data[32:], "32-63"), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.put_upload(other, digest(data), data[32:]), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.delete(other), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(c.get_blob(b, digest(data)), 404, "BLOB_UNKNOWN")
+    # the upload under its own name is untouched
+    s = c.get(loc)
+    assert s.status_code == 204 and s.headers["Range"] == "0-31"
+    assert c.put_upload(loc, digest(data), data[32:]).status_code == 201
+    assert c.get_blob(a, digest(data)).content == data
+
+
+# ---------------------------------------------------------------- mount
+
+def test_mount_from_repo_with_blob(c):
+    src, dst = uniq(), uniq()
+    data = rand_bytes(500)
+    d = c.push_blob(src, data)
+    r = c.post(f"/v2/{dst}/blobs/uploads/", params={"mount": d, "from": src})
+    assert r.status_code == 201, r.text
+    assert loc_path(r) == f"/v2/{dst}/blobs/{d}"
+    assert r.headers["Docker-Content-Digest"] == d
+    g = c.get_blob(dst, d)
+    assert g.status_code == 200 and g.content == data
+
+
+@pytest.mark.parametrize("case", ["other_repo_without_blob", "repo_missing", "digest_unknown"])
+def test_mount_falls_back_to_upload(c, case):
+    holder, src, dst = uniq(), uniq(), uniq()
+    data = rand_bytes(500)
+    d = c.push_blob(holder, data)
+    if case == "other_repo_without_blob":
+        c.push_blob(src, b"unrelated")
+    if case == "digest_unknown":
+        data = rand_bytes(501)
+        d = digest(data)
+        src = holder
+    r = c.post(f"/v2/{dst}/blobs/uploads/", params={"mount": d, "from": src})
+    assert r.status_code == 202, r.text
+    path = loc_path(r)
+    assert path.startswith(f"/v2/{dst}/blobs/uploads/")
+    assert path == f"/v2/{dst}/blobs/uploads/" + r.headers["Docker-Upload-UUID"]
+    assert_error(c.get_blob(dst, d), 404, "BLOB_UNKNOWN")
+    # the new upload is a real one
+    p = c.put_upload(r.headers["Location"], d, data)
+    assert p.status_code == 201, p.text
+    assert c.get_blob(dst, d).content == data
+
+
+# ---------------------------------------------------------------- robustness
+
+@pytest.mark.parametrize("with_content_range", [False, True])
+def test_connection_dropped_mid_patch(berth, with_content_range):
+    c = Client(berth.url)
+    name = uniq()
+    first = 1000
+    mib = 1024 * 1024
+    blob = rand_bytes(first + mib + 777)
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, blob[:first], f"0-{first - 1}")
+    assert r.status_code == 202
+    loc = r.headers["Location"]
+    path = loc_path(r)
+    query = r.headers["Location"].split("?", 1)[1] if "?" in r.headers["Location"] else None
+    target = path + ("?" + query if query else "")
+    head = (f"PATCH {target} HTTP/1.1\r\nHost: {berth.addr}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {mib}\r\n")
+    if with_content_range:
+        head += f"Content-Range: {first}-{first + mib - 1}\r\n"
+    head += "\r\n"
+    half = blob[first:first + mib // 2]
+    raw_http(berth.addr, head.encode() + half, read=False)
+    time.sleep(0.3)
+
+    # the registry keeps serving
+    assert c.get("/v2/").status_code == 200
+    # the upload status settles at a consistent offset
+    deadline = time.time() + 10
+    offsets = []
+    while True:
+        s = c.get(loc)
+        assert s.status_code == 204, (s.status_code, s.text)
+        offsets.append(range_end(s) + 1)
+        if len(offsets) >= 3 and offsets[-1] == offsets[-2] == offsets[-3]:
+            break
+        assert time.time() < deadline, offsets
+        time.sleep(0.2)
+    off = offsets[-1]
+    assert first <= off <= first + len(half), off
+    d = digest(blob)
+    p = c.put_upload(loc, d, blob[off:])
+    assert p.status_code == 201, (off, p.status_code, p.text)
+    g = c.get_blob(name, d)
+    assert g.status_code == 200 and g.content == blob
+
+
+def test_upload_expiry(berth_factory):
+    b = berth_factory(env={"BERTH_UPLOADS__TTL_SECS": "1", "BERTH_UPLOADS__PURGE_INTERVAL_SECS": "1"})
+    c = Client(b.url)
+    name = uniq()
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, rand_bytes(4096), "0-4095")
+    assert r.status_code == 202
+    assert c.get(loc).status_code == 204
+    assert upload_files(b) != [], "upload bytes are kept under <data>/uploads"
+    time.sleep(4)
+    assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert upload_files(b) == []
+    # the registry still works afterwards
+    data = rand_bytes(10)
+    assert c.get_blob(name, c.push_blob(name, data)).content == data
