@@ -81,7 +81,7 @@ def test_blob_suffix_range_longer_than_blob(c):
     assert r.content == data
 
 
-@pytest.mark.parametrize("rng", ["bytes=100-", "bytes=100-200", "bytes=1000-1001"])
+@pytest.mark.parametrize("rng", ["bytes=100-", "bytes=100-200", "bytes=1000-1001", "bytes=-0"])
 def test_blob_range_unsatisfiable(c, rng):
     name = uniq()
     data = rand_bytes(100)
@@ -90,6 +90,25 @@ def test_blob_range_unsatisfiable(c, rng):
     assert r.status_code == 416, (rng, r.status_code)
     assert r.headers["Content-Range"] == "bytes */100"
     assert_spec_error_body(r)
+
+
+@pytest.mark.parametrize("rng", ["bytes=0-", "bytes=0-0", "bytes=-5"])
+def test_range_on_empty_blob_unsatisfiable(c, rng):
+    name = uniq()
+    d = c.push_blob(name, b"")
+    r = c.get_blob(name, d, headers={"Range": rng})
+    assert r.status_code == 416, (rng, r.status_code)
+    assert r.headers["Content-Range"] == "bytes */0"
+
+
+def test_head_with_range(c):
+    name = uniq()
+    d = c.push_blob(name, rand_bytes(100))
+    r = c.head(f"/v2/{name}/blobs/{d}", headers={"Range": "bytes=10-29"})
+    assert r.status_code == 206
+    assert r.headers["Content-Range"] == "bytes 10-29/100"
+    assert r.headers["Content-Length"] == "20"
+    assert r.content == b""
 
 
 def test_blob_unknown(c):
@@ -160,6 +179,10 @@ def test_cross_repo_dedupe(berth):
     for name in ("dedupe/one", "dedupe/two"):
         r = c.get_blob(name, d)
         assert r.status_code == 200 and r.content == data
+    # a third copy through a chunked upload is stored once as well
+    loc = c.start_upload("dedupe/three")
+    r = c.patch_chunk(loc, data[:100], "0-99")
+    assert c.put_upload(r.headers["Location"], d, data[100:]).status_code == 201
     files = files_under(berth.data_dir / "blobs")
     assert len(files) == 1, files
     hexd = d.split(":")[1]
@@ -194,3 +217,37 @@ def test_blob_get_after_push_large(c):
     assert r.content == data
     r = c.get_blob(name, d, headers={"Range": "bytes=2097152-"})
     assert r.status_code == 206 and r.content == data[2097152:]
+
+
+@pytest.mark.parametrize("rng", ["items=0-5", "bytes=abc", "bytes=5-2", "bytes=", "0-5"])
+def test_blob_range_unusable_header(c, rng):
+    # RFC 9110: an unknown unit or an invalid range set is ignored (200, whole blob);
+    # a server may instead answer 416 with Content-Range. Never a 206 or a 5xx.
+    name = uniq()
+    data = rand_bytes(100)
+    d = c.push_blob(name, data)
+    r = c.get_blob(name, d, headers={"Range": rng})
+    assert r.status_code in (200, 416), (rng, r.status_code)
+    if r.status_code == 200:
+        assert r.content == data
+    else:
+        assert r.headers["Content-Range"] == "bytes */100"
+
+
+def test_concurrent_pushes_of_one_blob(berth):
+    import concurrent.futures as cf
+    data = rand_bytes(1024 * 1024)
+    names = [f"conc/r{i}" for i in range(6)] + ["conc/same"] * 4
+
+    def push(name):
+        return Client(berth.url).push_blob(name, data)
+
+    with cf.ThreadPoolExecutor(len(names)) as ex:
+        ds = list(ex.map(push, names))
+    assert set(ds) == {digest(data)}
+    c = Client(berth.url)
+    for name in set(names):
+        r = c.get_blob(name, ds[0])
+        assert r.status_code == 200 and r.content == data
+    files = files_under(berth.data_dir / "blobs")
+    assert len(files) == 1, files

@@ -215,6 +215,20 @@ def test_manifest_not_visible_in_other_repo(c):
 
 # ---------------------------------------------------------------- PUT by digest, tags
 
+def test_put_by_sha512_digest(c):
+    # the spec: Docker-Content-Digest on a manifest PUT MUST equal the digest the client used
+    name = uniq()
+    body = canon(image_manifest(c, name))
+    d512 = digest(body, "sha512")
+    r = c.put_manifest(name, d512, body)
+    assert r.status_code == 201, r.text
+    assert r.headers["Docker-Content-Digest"] == d512
+    assert loc_path(r) == f"/v2/{name}/manifests/{d512}"
+    g = c.get(f"/v2/{name}/manifests/{d512}")
+    assert g.status_code == 200 and g.content == body
+    assert g.headers["Docker-Content-Digest"] == d512
+
+
 def test_put_by_digest_wrong_digest(c):
     name = uniq()
     body = canon(image_manifest(c, name))
@@ -273,6 +287,16 @@ def test_missing_config_blob(c):
     m = image_manifest(c, name)
     m["config"]["digest"] = digest(b"config not pushed")
     assert_error(c.put_manifest(name, "x", canon(m)), 400, "MANIFEST_BLOB_UNKNOWN")
+
+
+def test_descriptor_size_disagrees_with_blob(c):
+    name = uniq()
+    m = image_manifest(c, name)
+    m["layers"][0]["size"] += 1
+    r = c.put_manifest(name, "x", canon(m))
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["code"] in ("MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN")
+    assert_error(c.get(f"/v2/{name}/manifests/x"), 404, "MANIFEST_UNKNOWN")
 
 
 def test_layer_blob_only_in_other_repo(c):
@@ -335,6 +359,15 @@ def _invalid_bodies(c, name):
     out["layer_uppercase_digest"] = (canon(m), OCI_MANIFEST)
     m = {k: v for k, v in good.items() if k != "config"}
     out["config_missing"] = (canon(m), OCI_MANIFEST)
+    # image-spec schema: "required": ["schemaVersion", "config", "layers"]
+    m = {k: v for k, v in good.items() if k != "layers"}
+    out["layers_missing"] = (canon(m), OCI_MANIFEST)
+    out["layers_null"] = (canon(dict(good, layers=None)), OCI_MANIFEST)
+    out["layers_not_list"] = (canon(dict(good, layers={"a": 1})), OCI_MANIFEST)
+    out["index_manifests_missing"] = (canon({"schemaVersion": 2, "mediaType": OCI_INDEX}), OCI_INDEX)
+    m = json.loads(canon(good))
+    m["config"]["size"] = -1
+    out["negative_size"] = (canon(m), OCI_MANIFEST)
     idx = {"schemaVersion": 2, "mediaType": OCI_INDEX,
            "manifests": [{"mediaType": OCI_MANIFEST, "digest": "sha256:123", "size": 5}]}
     out["index_child_bad_digest"] = (canon(idx), OCI_INDEX)
@@ -343,6 +376,7 @@ def _invalid_bodies(c, name):
 
 INVALID_CASES = ["not_json", "empty", "json_array", "json_string", "schema_version_1", "schema_version_missing",
                  "layer_bad_digest", "config_bad_digest", "layer_uppercase_digest", "config_missing",
+                 "layers_missing", "layers_null", "layers_not_list", "index_manifests_missing", "negative_size",
                  "index_child_bad_digest"]
 
 

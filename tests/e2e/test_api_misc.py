@@ -5,7 +5,7 @@ import pytest
 
 from conftest import BERTH_BIN
 from helpers import (  # noqa: F401  (shared, c are fixtures)
-    API_VERSION, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Client, assert_error, c, canon, digest, loc_path,
+    API_VERSION, OCI_CONFIG, SPEC_CODES, OCI_LAYER, OCI_MANIFEST, Client, assert_error, c, canon, digest, loc_path,
     parse_link, rand_bytes, shared, uniq,
 )
 
@@ -303,12 +303,67 @@ def test_invalid_digests_blob(c, bad):
     ("DELETE", "/v2/{n}/tags/list"),
     ("PUT", "/v2/{n}/referrers/" + digest(b"x")),
     ("POST", "/v2/_catalog"),
+    ("PUT", "/v2/_catalog"),
+    ("DELETE", "/v2/"),
+    ("POST", "/v2/"),
 ])
 def test_unsupported_method(c, method, path):
     name = uniq()
     c.push_blob(name, b"x")
     r = c.request(method, path.format(n=name), data=b"{}")
     assert_error(r, 405, "UNSUPPORTED")
+
+
+@pytest.mark.parametrize("path", ["/v2/x/nonsense", "/v2/x/blobs", "/v2/x/manifests/", "/v2/x/tags",
+                                  "/v2/x/blobs/uploads", "/nothing", "/v3/"])
+def test_unknown_paths_get_json_errors(c, path):
+    r = c.get(path)
+    assert 400 <= r.status_code < 500, (path, r.status_code)
+    assert "json" in r.headers.get("Content-Type", ""), r.headers
+    body = r.json()
+    assert body["errors"][0]["code"] in SPEC_CODES, body
+
+
+# ---------------------------------------------------------------- restarts
+
+def test_state_survives_restart(berth_factory):
+    b = berth_factory()
+    c = Client(b.url)
+    name = uniq()
+    body = small_manifest(c, name)
+    _, d = c.push_manifest(name, "v1", body)
+    blob = rand_bytes(5000)
+    bd = c.push_blob(name, blob)
+    loc = c.start_upload(name)
+    part = rand_bytes(3000)
+    assert c.patch_chunk(loc, part[:1000], "0-999").status_code == 202
+    b.stop()
+    b.restart()
+    c = Client(b.url)
+    g = c.get(f"/v2/{name}/manifests/v1")
+    assert g.status_code == 200 and g.content == body and g.headers["Docker-Content-Digest"] == d
+    assert c.get_blob(name, bd).content == blob
+    s = c.get(loc)
+    assert s.status_code == 204 and s.headers["Range"] == "0-999"
+    p = c.put_upload(loc, digest(part), part[1000:])
+    assert p.status_code == 201, p.text
+    assert c.get_blob(name, digest(part)).content == part
+    assert c.get(f"/v2/{name}/tags/list").json()["tags"] == ["v1"]
+
+
+def test_state_survives_kill9(berth_factory):
+    b = berth_factory()
+    c = Client(b.url)
+    name = uniq()
+    body = small_manifest(c, name)
+    c.push_manifest(name, "v1", body)
+    blob = rand_bytes(100)
+    bd = c.push_blob(name, blob)
+    b.kill9()
+    b.restart()
+    c = Client(b.url)
+    assert c.get(f"/v2/{name}/manifests/v1").content == body
+    assert c.get_blob(name, bd).content == blob
 
 
 # ---------------------------------------------------------------- check-config

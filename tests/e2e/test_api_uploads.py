@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from helpers import (  # noqa: F401  (shared, c are fixtures)
-    Client, assert_error, assert_spec_error_body, c, digest, files_under, loc_path, rand_bytes,
+    Client, assert_error, assert_spec_error_body, c, canon, digest, files_under, loc_path, rand_bytes,
     range_end, raw_http, shared, uniq, upload_uuid_from,
 )
 
@@ -365,7 +365,125 @@ def test_mount_falls_back_to_upload(c, case):
     assert c.get_blob(dst, d).content == data
 
 
+@pytest.mark.parametrize("bad", ["sha256:XYZ", "md5:" + "0" * 32, "sha256:" + "A" * 64])
+def test_mount_bad_digest(c, bad):
+    src = uniq()
+    c.push_blob(src, b"abc")
+    r = c.post(f"/v2/{uniq()}/blobs/uploads/", params={"mount": bad, "from": src})
+    assert_error(r, 400, "DIGEST_INVALID")
+
+
+def test_mount_sha512(c):
+    src, dst = uniq(), uniq()
+    data = rand_bytes(100)
+    d = c.push_blob(src, data, alg="sha512")
+    r = c.post(f"/v2/{dst}/blobs/uploads/", params={"mount": d, "from": src})
+    assert r.status_code == 201, r.text
+    assert r.headers["Docker-Content-Digest"] == d
+    assert c.get_blob(dst, d).content == data
+
+
+def test_large_streamed_upload(c):
+    name = uniq()
+    data = rand_bytes(16 * 1024 * 1024 + 3)
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, data[:10 * 1024 * 1024])
+    assert r.status_code == 202 and range_end(r) == 10 * 1024 * 1024 - 1
+    d = digest(data)
+    p = c.put_upload(r.headers["Location"], d, data[10 * 1024 * 1024:])
+    assert p.status_code == 201, p.text
+    g = c.get_blob(name, d)
+    assert g.status_code == 200 and g.content == data
+
+
 # ---------------------------------------------------------------- robustness
+
+def test_concurrent_patches_with_same_content_range(c):
+    import concurrent.futures as cf
+    name = uniq()
+    chunk = rand_bytes(200_000)
+    loc = c.start_upload(name)
+    base = c.base
+
+    def send(_):
+        return Client(base).patch_chunk(loc, chunk, "0-199999").status_code
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        codes = sorted(ex.map(send, range(8)))
+    assert codes == [202] + [416] * 7, codes
+    s = c.get(loc)
+    assert s.headers["Range"] == "0-199999"
+    assert c.put_upload(loc, digest(chunk)).status_code == 201
+    assert c.get_blob(name, digest(chunk)).content == chunk
+
+
+def test_concurrent_streamed_patches_append_whole_chunks(c):
+    # appends may happen in any order, but each chunk must land whole, and each 202's Range
+    # tells where that chunk ended: rebuilding the blob from those ends must give the stored bytes
+    import concurrent.futures as cf
+    name = uniq()
+    chunks = [rand_bytes(150_000 + i) for i in range(8)]
+    loc = c.start_upload(name)
+    base = c.base
+
+    def send(i):
+        r = Client(base).patch_chunk(loc, chunks[i])
+        assert r.status_code == 202, r.text
+        return range_end(r), i
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        ends = sorted(ex.map(send, range(8)))
+    pos = 0
+    data = b""
+    for end, i in ends:
+        assert end == pos + len(chunks[i]) - 1, (ends, pos)
+        data += chunks[i]
+        pos = end + 1
+    s = c.get(loc)
+    assert range_end(s) == len(data) - 1
+    p = c.put_upload(loc, digest(data))
+    assert p.status_code == 201, p.text
+    assert c.get_blob(name, digest(data)).content == data
+
+
+def test_connection_dropped_mid_monolithic_post(berth):
+    c = Client(berth.url)
+    name = uniq()
+    data = rand_bytes(1024 * 1024)
+    d = digest(data)
+    head = (f"POST /v2/{name}/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: {berth.addr}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n")
+    raw_http(berth.addr, head.encode() + data[:len(data) // 2], read=False)
+    time.sleep(0.5)
+    assert c.get("/v2/").status_code == 200
+    assert_error(c.get_blob(name, d), 404, "BLOB_UNKNOWN")
+    assert files_under(berth.data_dir / "blobs") == []
+    deadline = time.time() + 5
+    while upload_files(berth) and time.time() < deadline:
+        time.sleep(0.2)
+    assert upload_files(berth) == [], "a dropped monolithic upload leaves no bytes behind"
+    assert c.push_blob(name, data) == d
+    assert c.get_blob(name, d).content == data
+
+
+def test_connection_dropped_mid_manifest_put(berth):
+    c = Client(berth.url)
+    name = uniq()
+    cfg = b'{"os":"linux"}'
+    cd = c.push_blob(name, cfg)
+    body = canon({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                  "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd,
+                             "size": len(cfg)},
+                  "layers": [], "annotations": {"pad": "x" * 5000}})
+    head = (f"PUT /v2/{name}/manifests/v1 HTTP/1.1\r\nHost: {berth.addr}\r\n"
+            f"Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {len(body)}\r\n\r\n")
+    raw_http(berth.addr, head.encode() + body[:len(body) // 2], read=False)
+    time.sleep(0.5)
+    assert_error(c.get(f"/v2/{name}/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    r = c.put_manifest(name, "v1", body)
+    assert r.status_code == 201
+    assert c.get(f"/v2/{name}/manifests/v1").content == body
+
 
 @pytest.mark.parametrize("with_content_range", [False, True])
 def test_connection_dropped_mid_patch(berth, with_content_range):

@@ -195,3 +195,37 @@ def test_oras_artifact_type_filter(berth, client, tmp_path):
     assert d.status_code == 202, d.text
     _, ms = referrers(berth, repo, subj_digest)
     assert [x["digest"] for x in ms] == [sig_digest]
+
+
+def test_oras_referrer_pushed_before_its_subject(berth, client, tmp_path):
+    """OCI distribution spec 1.1: a registry MUST accept a manifest whose subject does not exist (yet)."""
+    repo = "e2e/oras-order"
+    container = client.get_container(f"{berth.addr}/{repo}:later")
+    (tmp_path / "empty.json").write_bytes(b"{}")
+    assert client.upload_blob(str(tmp_path / "empty.json"), container, dict(EMPTY)).status_code in (200, 201)
+    payload = os.urandom(2048)
+    (tmp_path / "payload.bin").write_bytes(payload)
+    layer = {"mediaType": "application/vnd.example.payload", "digest": sha(payload), "size": len(payload)}
+    assert client.upload_blob(str(tmp_path / "payload.bin"), container, dict(layer)).status_code in (200, 201)
+    subject_manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example.app",
+                        "config": EMPTY, "layers": [layer]}
+    # upload_manifest() sends requests' json= body, i.e. json.dumps() with default separators
+    subj_bytes = json.dumps(subject_manifest).encode()
+    subj_digest = sha(subj_bytes)
+
+    (tmp_path / "sig.txt").write_bytes(b"early " + os.urandom(8))
+    r = client.push(target=f"{berth.addr}/{repo}:early-sig", files=[f"sig.txt:{SIG_TYPE}"],
+                    subject=oras.oci.Subject(OCI_MANIFEST, subj_digest, len(subj_bytes)))
+    assert r.status_code == 201, r.text
+    assert r.headers.get("OCI-Subject") == subj_digest
+    sig_digest = r.headers["Docker-Content-Digest"]
+    _, ms = referrers(berth, repo, subj_digest)
+    assert [d["digest"] for d in ms] == [sig_digest]
+
+    # now the subject arrives; the referrer is still listed
+    r = client.upload_manifest(subject_manifest, container)
+    assert r.status_code == 201, r.text
+    assert r.headers["Docker-Content-Digest"] == subj_digest
+    _, ms = referrers(berth, repo, subj_digest)
+    assert [d["digest"] for d in ms] == [sig_digest]
+    assert stored_manifest(berth, repo, "later").content == subj_bytes

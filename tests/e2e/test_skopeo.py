@@ -216,3 +216,10 @@ def test_skopeo_docker_v2s2_copy(berth, tmp_path, skopeo):
     src_blobs = lay.blobs()
     for d in [src["config"]] + src["layers"]:
         assert (out / d["digest"][7:]).read_bytes() == src_blobs[d["digest"][7:]]
+
+    # skopeo delete resolves the tag and deletes the manifest by digest
+    run([skopeo, "delete", "--tls-verify=false", dest])
+    gone = requests.get(f"{berth.url}/v2/{repo}/manifests/{sha(r.content)}", headers={"Accept": DOCKER_V2S2})
+    assert gone.status_code == 404
+    assert gone.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert requests.get(f"{berth.url}/v2/{repo}/manifests/v1", headers={"Accept": DOCKER_V2S2}).status_code == 404

@@ -36,10 +36,7 @@ pub fn parse_range(h: Option<&str>, total: u64) -> RangeReq {
     match (a.is_empty(), b.is_empty()) {
         (true, false) => match num(b) {
             Some(0) => RangeReq::Unsatisfiable,
-            Some(n) if total == 0 => {
-                let _ = n;
-                RangeReq::Unsatisfiable
-            }
+            Some(_) if total == 0 => RangeReq::Unsatisfiable,
             Some(n) => RangeReq::Part(ByteRange {
                 start: total.saturating_sub(n),
                 end: total,
@@ -58,11 +55,11 @@ pub fn parse_range(h: Option<&str>, total: u64) -> RangeReq {
             let Some(end) = end else {
                 return RangeReq::Full;
             };
-            if end < start {
-                return RangeReq::Full;
-            }
             if start >= total {
                 return RangeReq::Unsatisfiable;
+            }
+            if end < start {
+                return RangeReq::Full;
             }
             RangeReq::Part(ByteRange {
                 start,
