@@ -75,6 +75,9 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// Whether DELETE of manifests, tags and blobs is allowed (else 405 UNSUPPORTED).
     pub delete_enabled: bool,
+    /// fsync blob bytes before acknowledging them (default). `false` trades power-loss
+    /// durability for speed on slow disks; a killed process still loses nothing.
+    pub fsync: bool,
 }
 
 impl Default for StorageConfig {
@@ -82,6 +85,7 @@ impl Default for StorageConfig {
         Self {
             backend: Backend::Filesystem,
             delete_enabled: true,
+            fsync: true,
         }
     }
 }

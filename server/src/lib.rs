@@ -67,7 +67,7 @@ pub fn init_logging(cfg: &Config) {
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let store = FsStore::new(&cfg.data_dir).context("opening the blob store")?;
+    let store = FsStore::with_sync(&cfg.data_dir, cfg.storage.fsync).context("opening the blob store")?;
     let meta = Meta::open_sqlite(&cfg.data_dir.join("berth.db"))
         .await
         .context("opening the metadata database")?;

@@ -26,6 +26,7 @@ const READ_CHUNK: usize = 512 << 10;
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
+    sync: bool,
 }
 
 fn io_err(e: tokio::task::JoinError) -> Error {
@@ -33,12 +34,18 @@ fn io_err(e: tokio::task::JoinError) -> Error {
 }
 
 impl FsStore {
-    /// Opens (creating) the store under `root`.
+    /// Opens (creating) the store under `root`, with fsync on commit.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::with_sync(root, true)
+    }
+
+    /// Opens the store; `sync = false` skips every fsync. Faster on slow disks, but a power
+    /// loss (not a process crash) can then lose blobs the client was told are stored.
+    pub fn with_sync(root: impl Into<PathBuf>, sync: bool) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(root.join("blobs"))?;
         std::fs::create_dir_all(root.join("uploads"))?;
-        Ok(Self { root })
+        Ok(Self { root, sync })
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -158,6 +165,7 @@ impl BlobStore for FsStore {
         hasher: &mut Hasher,
     ) -> Result<u64> {
         let path = self.upload_path(id);
+        let sync = self.sync;
         // The writer runs on a blocking thread while this task receives and hashes, so
         // hashing and disk writes overlap. The bounded channel keeps memory to a few batches.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
@@ -177,7 +185,7 @@ impl BlobStore for FsStore {
                     file.write_all(&chunk)?;
                     written += chunk.len() as u64;
                     dirty += chunk.len() as u64;
-                    if dirty >= SYNC_EVERY {
+                    if sync && dirty >= SYNC_EVERY {
                         file.sync_data()?;
                         dirty = 0;
                     }
@@ -258,6 +266,7 @@ impl BlobStore for FsStore {
     async fn commit(&self, id: Uuid, digest: &Digest) -> Result<()> {
         let from = self.upload_path(id);
         let to = self.blob_path(digest);
+        let sync = self.sync;
         tokio::task::spawn_blocking(move || -> Result<()> {
             let file = match std::fs::File::open(&from) {
                 Ok(f) => f,
@@ -270,14 +279,18 @@ impl BlobStore for FsStore {
                 std::fs::remove_file(&from)?;
                 return Ok(());
             }
-            file.sync_all()?;
+            if sync {
+                file.sync_all()?;
+            }
             drop(file);
             let dir = to
                 .parent()
                 .ok_or_else(|| Error::Corrupt("blob path".into()))?;
             std::fs::create_dir_all(dir)?;
             std::fs::rename(&from, &to)?;
-            fsync_dir(dir)?;
+            if sync {
+                fsync_dir(dir)?;
+            }
             Ok(())
         })
         .await
