@@ -16,6 +16,8 @@ use uuid::Uuid;
 
 /// Bytes gathered before one write call.
 const WRITE_BATCH: usize = 1 << 20;
+/// Buffers per `writev` (the kernel's IOV_MAX is 1024).
+const MAX_IOV: usize = 512;
 /// Dirty bytes after which the writer flushes to disk, so the final fsync stays short.
 const SYNC_EVERY: u64 = 64 << 20;
 /// Blobs up to this size are read in one go; larger ones are streamed in `READ_CHUNK`s.
@@ -60,6 +62,22 @@ impl FsStore {
     fn upload_path(&self, id: Uuid) -> PathBuf {
         self.root.join("uploads").join(id.to_string())
     }
+}
+
+/// Writes every buffer, in order, with as few `writev` calls as the kernel allows.
+fn write_all_vectored(file: &mut std::fs::File, bufs: &[Bytes]) -> io::Result<u64> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total as u64)
 }
 
 fn fsync_dir(p: &Path) -> io::Result<()> {
@@ -168,7 +186,7 @@ impl BlobStore for FsStore {
         let sync = self.sync;
         // The writer runs on a blocking thread while this task receives and hashes, so
         // hashing and disk writes overlap. The bounded channel keeps memory to a few batches.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
         let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
             let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
             let len = file.metadata()?.len();
@@ -181,10 +199,10 @@ impl BlobStore for FsStore {
             let mut written = offset;
             let mut dirty = 0u64;
             let res = (|| {
-                while let Some(chunk) = rx.blocking_recv() {
-                    file.write_all(&chunk)?;
-                    written += chunk.len() as u64;
-                    dirty += chunk.len() as u64;
+                while let Some(batch) = rx.blocking_recv() {
+                    let n = write_all_vectored(&mut file, &batch)?;
+                    written += n;
+                    dirty += n;
                     if sync && dirty >= SYNC_EVERY {
                         file.sync_data()?;
                         dirty = 0;
@@ -197,22 +215,23 @@ impl BlobStore for FsStore {
             }
             res
         });
-        let mut batch = BytesMut::new();
+        // Chunks are passed on as received (no copy) and written with one writev per batch.
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0usize;
         let mut recv_err: Option<io::Error> = None;
         while let Some(item) = body.next().await {
             match item {
                 Ok(chunk) => {
                     hasher.update(&chunk);
-                    if batch.is_empty() && chunk.len() >= WRITE_BATCH {
-                        if tx.send(chunk).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                    batch.extend_from_slice(&chunk);
-                    if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err()
+                    batch_len += chunk.len();
+                    batch.push(chunk);
+                    if (batch_len >= WRITE_BATCH || batch.len() >= MAX_IOV)
+                        && tx.send(std::mem::take(&mut batch)).await.is_err()
                     {
                         break;
+                    }
+                    if batch.is_empty() {
+                        batch_len = 0;
                     }
                 }
                 Err(e) => {
@@ -222,7 +241,7 @@ impl BlobStore for FsStore {
             }
         }
         if recv_err.is_none() && !batch.is_empty() {
-            let _ = tx.send(batch.freeze()).await;
+            let _ = tx.send(batch).await;
         }
         drop(tx);
         let written = writer.await.map_err(io_err);
