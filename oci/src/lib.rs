@@ -6,9 +6,11 @@
 
 pub mod digest;
 pub mod error_code;
+pub mod image_config;
 pub mod manifest;
 pub mod media_type;
 pub mod name;
+pub mod pattern;
 pub mod platform;
 pub mod reference;
 
@@ -16,4 +18,5 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error_code::ErrorCode;
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
 pub use name::{NameError, RepoName};
+pub use pattern::RepoPattern;
 pub use reference::{Reference, Tag, TagError};

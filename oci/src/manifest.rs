@@ -212,6 +212,8 @@ impl Manifest {
                 return Err(ManifestError::Field(format!("invalid artifactType {a:?}")));
             }
         }
+        let has_layers = raw.layers.is_some();
+        let has_manifests = raw.manifests.is_some();
         let m = Manifest {
             kind,
             media_type,
@@ -234,6 +236,11 @@ impl Manifest {
                         "an image manifest cannot have manifests".into(),
                     ));
                 }
+                if !has_layers {
+                    return Err(ManifestError::Field(
+                        "image manifest has no layers array".into(),
+                    ));
+                }
                 for (i, l) in m.layers.iter().enumerate() {
                     check_descriptor(&format!("layers[{i}]"), l)?;
                 }
@@ -243,6 +250,9 @@ impl Manifest {
                     return Err(ManifestError::Field(
                         "an index cannot have config or layers".into(),
                     ));
+                }
+                if !has_manifests {
+                    return Err(ManifestError::Field("index has no manifests array".into()));
                 }
                 for (i, c) in m.manifests.iter().enumerate() {
                     check_descriptor(&format!("manifests[{i}]"), c)?;

@@ -23,6 +23,8 @@ pub struct Config {
     pub limits: Limits,
     /// Upload sessions.
     pub uploads: Uploads,
+    /// Manifest validation policies.
+    pub validation: crate::registry::policy::Validation,
 }
 
 impl Default for Config {
@@ -34,6 +36,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: Limits::default(),
             uploads: Uploads::default(),
+            validation: Default::default(),
         }
     }
 }
@@ -167,6 +170,14 @@ impl Config {
                 "invalid value for key \"uploads\": ttl_secs and purge_interval_secs must be > 0"
             );
         }
+        crate::registry::policy::Policies::new(self.validation.clone())
+            .map_err(|e| anyhow::anyhow!("invalid value for key \"validation\": {e}"))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid value for key \"log.level\": {:?}: {e}",
+                self.log.level
+            )
+        })?;
         if self.data_dir.as_os_str().is_empty() {
             anyhow::bail!("invalid value for key \"data_dir\": empty");
         }

@@ -36,6 +36,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v2", get(routes::base))
         .route("/v2/_catalog", get(routes::catalog))
         .route("/v2/{*rest}", any(routes::dispatch))
+        .route("/berth/v1/inspect", get(routes::api::inspect))
+        .route("/berth/v1/resolve", get(routes::api::resolve))
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::oci(
+                berth_oci::ErrorCode::Unsupported,
+                "method not allowed on this endpoint",
+            )
+        })
         .fallback(|| async {
             error::ApiError::oci(berth_oci::ErrorCode::NameUnknown, "no such endpoint")
                 .status(axum::http::StatusCode::NOT_FOUND)
@@ -44,9 +52,36 @@ pub fn app(state: AppState) -> Router {
             axum::http::HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),
         ))
+        .layer(axum::middleware::from_fn(close_after_early_error))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// An error answered before the request body was read leaves unread bytes on the connection;
+/// hyper then closes it. Saying `Connection: close` lets the client know instead of finding a
+/// broken pipe on its next request.
+async fn close_after_early_error(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let has_body = req
+        .headers()
+        .contains_key(axum::http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Sets up logging to stderr.
@@ -67,7 +102,8 @@ pub fn init_logging(cfg: &Config) {
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let store = FsStore::with_sync(&cfg.data_dir, cfg.storage.fsync).context("opening the blob store")?;
+    let store =
+        FsStore::with_sync(&cfg.data_dir, cfg.storage.fsync).context("opening the blob store")?;
     let meta = Meta::open_sqlite(&cfg.data_dir.join("berth.db"))
         .await
         .context("opening the metadata database")?;
@@ -75,6 +111,8 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
         delete_enabled: cfg.storage.delete_enabled,
         manifest_max_bytes: cfg.limits.manifest_max_bytes,
         upload_ttl: Duration::from_secs(cfg.uploads.ttl_secs),
+        policies: registry::policy::Policies::new(cfg.validation.clone())
+            .context("compiling validation rules")?,
     };
     Ok(Arc::new(Registry::new(Arc::new(store), meta, settings)))
 }

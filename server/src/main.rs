@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli_client;
+
 #[derive(Parser)]
 #[command(
     name = "berth",
@@ -30,6 +32,37 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Show which manifest a host would pull for a reference, and why.
+    Resolve {
+        /// `repository:tag` or `repository@digest`.
+        reference: String,
+        /// Host platform: `os/arch[/variant][:os.version]`, e.g. `windows/amd64:10.0.20348.2340`.
+        #[arg(long)]
+        platform: String,
+        /// `process` or `hyperv` (Windows hosts).
+        #[arg(long, default_value = "process")]
+        isolation: String,
+        /// Whose rules: `containerd` or `moby`.
+        #[arg(long, default_value = "containerd")]
+        rule: String,
+        /// Registry URL.
+        #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:5000")]
+        registry: String,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a tag's variant table: platform, os.version, size, layers, config, findings.
+    Inspect {
+        /// `repository:tag` or `repository@digest`.
+        reference: String,
+        /// Registry URL.
+        #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:5000")]
+        registry: String,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -40,6 +73,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Resolve {
+            reference,
+            platform,
+            isolation,
+            rule,
+            registry,
+            json,
+        } => cli_client::run(cli_client::resolve(
+            &registry, &reference, &platform, &isolation, &rule, json,
+        )),
+        Command::Inspect {
+            reference,
+            registry,
+            json,
+        } => cli_client::run(cli_client::inspect(&registry, &reference, json)),
         Command::CheckConfig { file } => match Config::load(Some(&file), false) {
             Ok(_) => {
                 println!("ok");

@@ -58,6 +58,44 @@ pub struct NewManifest<'a> {
     pub blobs: Vec<Digest>,
     /// Manifests it references (index children).
     pub children: Vec<Digest>,
+    /// Index entries with their platforms.
+    pub entries: Vec<IndexEntry>,
+    /// Validation findings to keep with it.
+    pub findings: Vec<Finding>,
+}
+
+/// One entry of an index as recorded for platform queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Position in `manifests`.
+    pub position: i64,
+    /// The child manifest.
+    pub child: Digest,
+    /// The child's media type.
+    pub media_type: String,
+    /// The child's size.
+    pub size: i64,
+    /// `platform.os`.
+    pub os: Option<String>,
+    /// `platform.architecture`.
+    pub architecture: Option<String>,
+    /// `platform.variant`.
+    pub variant: Option<String>,
+    /// `platform["os.version"]`.
+    pub os_version: Option<String>,
+    /// `platform["os.features"]`, comma-separated.
+    pub os_features: Option<String>,
+}
+
+/// A validation finding stored with a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Index position it concerns, if any.
+    pub position: Option<i64>,
+    /// Machine-readable kind, e.g. `platform-mismatch`.
+    pub kind: String,
+    /// Human-readable message.
+    pub message: String,
 }
 
 /// An upload session row.
@@ -260,6 +298,47 @@ impl Meta {
                 .await?;
             }
         }
+        let inserted: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM index_entries WHERE repo_id = $1 AND index_digest = $2",
+        )
+        .bind(repo_id)
+        .bind(m.digest.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        if inserted == 0 {
+            for e in &m.entries {
+                sqlx::query(
+                    "INSERT INTO index_entries (repo_id, index_digest, position, child_digest, media_type, size, os, architecture, variant, os_version, os_features) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(repo_id)
+                .bind(m.digest.as_str())
+                .bind(e.position)
+                .bind(e.child.as_str())
+                .bind(&e.media_type)
+                .bind(e.size)
+                .bind(&e.os)
+                .bind(&e.architecture)
+                .bind(&e.variant)
+                .bind(&e.os_version)
+                .bind(&e.os_features)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for f in &m.findings {
+                sqlx::query(
+                    "INSERT INTO findings (repo_id, manifest_digest, position, kind, message, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(repo_id)
+                .bind(m.digest.as_str())
+                .bind(f.position)
+                .bind(&f.kind)
+                .bind(&f.message)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         for tag in tags {
             sqlx::query(
                 "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
@@ -365,11 +444,17 @@ impl Meta {
             .bind(digest.as_str())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM manifest_refs WHERE repo_id = $1 AND parent = $2")
-            .bind(repo_id)
-            .bind(digest.as_str())
-            .execute(&mut *tx)
-            .await?;
+        for q in [
+            "DELETE FROM manifest_refs WHERE repo_id = $1 AND parent = $2",
+            "DELETE FROM index_entries WHERE repo_id = $1 AND index_digest = $2",
+            "DELETE FROM findings WHERE repo_id = $1 AND manifest_digest = $2",
+        ] {
+            sqlx::query(q)
+                .bind(repo_id)
+                .bind(digest.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Some(tags))
     }
@@ -403,6 +488,54 @@ impl Meta {
                 })
             })
             .collect()
+    }
+
+    /// The recorded entries of an index, in order.
+    pub async fn index_entries(&self, repo: &str, digest: &Digest) -> Result<Vec<IndexEntry>> {
+        let rows = sqlx::query(
+            "SELECT e.position, e.child_digest, e.media_type, e.size, e.os, e.architecture, e.variant, e.os_version, e.os_features \
+             FROM index_entries e JOIN repositories r ON r.id = e.repo_id \
+             WHERE r.name = $1 AND e.index_digest = $2 ORDER BY e.position",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(IndexEntry {
+                    position: r.get(0),
+                    child: digest_col(r.get(1))?,
+                    media_type: r.get(2),
+                    size: r.get(3),
+                    os: r.get(4),
+                    architecture: r.get(5),
+                    variant: r.get(6),
+                    os_version: r.get(7),
+                    os_features: r.get(8),
+                })
+            })
+            .collect()
+    }
+
+    /// Findings stored with a manifest.
+    pub async fn findings(&self, repo: &str, digest: &Digest) -> Result<Vec<Finding>> {
+        let rows = sqlx::query(
+            "SELECT f.position, f.kind, f.message FROM findings f JOIN repositories r ON r.id = f.repo_id \
+             WHERE r.name = $1 AND f.manifest_digest = $2 ORDER BY f.position, f.kind",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Finding {
+                position: r.get(0),
+                kind: r.get(1),
+                message: r.get(2),
+            })
+            .collect())
     }
 
     // === tags and catalog ===
@@ -533,6 +666,8 @@ mod tests {
             content,
             blobs: vec![blob.clone()],
             children: vec![],
+            entries: vec![],
+            findings: vec![],
         };
         meta.put_manifest("a/b", &nm, &["v1".into(), "v2".into()])
             .await

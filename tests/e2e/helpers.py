@@ -283,6 +283,44 @@ def raw_http(addr, request_bytes, read=True, timeout=10):
         s.close()
 
 
+def keepalive_pair(addr, first_request, timeout=10):
+    """Sends first_request on one TCP connection, reads its response, then sends `GET /v2/` on the
+    same connection. Returns (status line, headers dict, second response bytes or the exception)."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    try:
+        try:
+            s.sendall(first_request)
+        except OSError:
+            pass  # the server may answer before taking the whole body
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            c = s.recv(65536)
+            if not c:
+                raise AssertionError(f"connection closed before a response: {buf!r}")
+            buf += c
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        while len(rest) < n:
+            c = s.recv(65536)
+            if not c:
+                break
+            rest += c
+        try:
+            s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n")
+            second = s.recv(65536)
+        except OSError as e:
+            second = e
+        return lines[0], headers, second
+    finally:
+        s.close()
+
+
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")

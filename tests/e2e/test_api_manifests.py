@@ -299,6 +299,13 @@ def test_descriptor_size_disagrees_with_blob(c):
     assert_error(c.get(f"/v2/{name}/manifests/x"), 404, "MANIFEST_UNKNOWN")
 
 
+def test_layer_blob_deleted_from_repo(c):
+    name = uniq()
+    m = image_manifest(c, name)
+    assert c.delete(f"/v2/{name}/blobs/{m['layers'][0]['digest']}").status_code == 202
+    assert_error(c.put_manifest(name, "x", canon(m)), 400, "MANIFEST_BLOB_UNKNOWN")
+
+
 def test_layer_blob_only_in_other_repo(c):
     name, other = uniq(), uniq()
     m = image_manifest(c, name)
@@ -365,6 +372,13 @@ def _invalid_bodies(c, name):
     out["layers_null"] = (canon(dict(good, layers=None)), OCI_MANIFEST)
     out["layers_not_list"] = (canon(dict(good, layers={"a": 1})), OCI_MANIFEST)
     out["index_manifests_missing"] = (canon({"schemaVersion": 2, "mediaType": OCI_INDEX}), OCI_INDEX)
+    schema1 = canon({"schemaVersion": 1, "name": name, "tag": "v1", "architecture": "amd64",
+                     "fsLayers": [{"blobSum": good["layers"][0]["digest"]}], "history": [{"v1Compatibility": "{}"}]})
+    out["docker_schema1"] = (schema1, "application/vnd.docker.distribution.manifest.v1+prettyjws")
+    out["docker_schema1_json"] = (schema1, "application/vnd.docker.distribution.manifest.v1+json")
+    m = json.loads(canon(good))
+    m["subject"] = {"mediaType": OCI_MANIFEST, "digest": "sha256:nothex", "size": 10}
+    out["subject_bad_digest"] = (canon(m), OCI_MANIFEST)
     m = json.loads(canon(good))
     m["config"]["size"] = -1
     out["negative_size"] = (canon(m), OCI_MANIFEST)
@@ -376,7 +390,7 @@ def _invalid_bodies(c, name):
 
 INVALID_CASES = ["not_json", "empty", "json_array", "json_string", "schema_version_1", "schema_version_missing",
                  "layer_bad_digest", "config_bad_digest", "layer_uppercase_digest", "config_missing",
-                 "layers_missing", "layers_null", "layers_not_list", "index_manifests_missing", "negative_size",
+                 "layers_missing", "layers_null", "layers_not_list", "index_manifests_missing", "negative_size", "subject_bad_digest", "docker_schema1", "docker_schema1_json",
                  "index_child_bad_digest"]
 
 
@@ -627,6 +641,20 @@ def test_referrers_filter(c):
     r, ms = referrers(c, name, sd, "application/vnd.example.none")
     assert r.headers.get("OCI-Filters-Applied") == "artifactType"
     assert ms == []
+
+
+def test_referrers_filter_with_plus_in_type(c):
+    name = uniq()
+    subj_body = canon(image_manifest(c, name))
+    _, sd = c.push_manifest(name, "app", subj_body)
+    subject = {"mediaType": OCI_MANIFEST, "digest": sd, "size": len(subj_body)}
+    t = "application/vnd.example.sbom.v1+json"
+    art = push_artifact(c, name, subject, t)
+    push_artifact(c, name, subject, "application/vnd.example.other")
+    r, ms = referrers(c, name, sd, t)  # requests sends the '+' as %2B
+    assert r.headers.get("OCI-Filters-Applied") == "artifactType"
+    assert [m["digest"] for m in ms] == [digest(art)]
+    assert ms[0]["artifactType"] == t
 
 
 def test_subject_not_yet_pushed(c):

@@ -1,11 +1,12 @@
 """/v2/, API version header, tags list, catalog, repository names, digests, 405s, check-config."""
 import subprocess
+import uuid
 
 import pytest
 
 from conftest import BERTH_BIN
 from helpers import (  # noqa: F401  (shared, c are fixtures)
-    API_VERSION, OCI_CONFIG, SPEC_CODES, OCI_LAYER, OCI_MANIFEST, Client, assert_error, c, canon, digest, loc_path,
+    API_VERSION, OCI_CONFIG, SPEC_CODES, keepalive_pair, OCI_LAYER, OCI_MANIFEST, Client, assert_error, c, canon, digest, loc_path,
     parse_link, rand_bytes, shared, uniq,
 )
 
@@ -324,6 +325,34 @@ def test_unknown_paths_get_json_errors(c, path):
     assert body["errors"][0]["code"] in SPEC_CODES, body
 
 
+# ---------------------------------------------------------------- connection reuse after errors
+
+@pytest.mark.parametrize("case", ["patch_unknown_upload", "post_invalid_name", "manifest_too_big",
+                                  "put_unknown_upload"])
+def test_keepalive_after_early_error(shared, case):
+    # An error answered before the request body was read must either drain the body and keep the
+    # connection usable, or say `Connection: close`. Closing silently breaks clients that reuse it.
+    name = uniq()
+    body = rand_bytes(200_000)
+    if case == "patch_unknown_upload":
+        line, expect = f"PATCH /v2/{name}/blobs/uploads/{uuid.uuid4()}", "404"
+    elif case == "put_unknown_upload":
+        line, expect = f"PUT /v2/{name}/blobs/uploads/{uuid.uuid4()}?digest={digest(body)}", "404"
+    elif case == "post_invalid_name":
+        line, expect = f"POST /v2/BAD/blobs/uploads/?digest={digest(body)}", "400"
+    else:
+        body = b'{"schemaVersion":2,"pad":"' + b"x" * (5 * 1024 * 1024) + b'"}'
+        line, expect = f"PUT /v2/{name}/manifests/big", "413"
+    req = (f"{line} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/octet-stream\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    status, headers, second = keepalive_pair(shared.addr, req)
+    assert status.split()[1] == expect, status
+    if headers.get("connection", "").lower() == "close":
+        return
+    assert isinstance(second, bytes) and second.startswith(b"HTTP/1.1 200"), (
+        f"connection dropped after {status!r} without `Connection: close`: {second!r}")
+
+
 # ---------------------------------------------------------------- restarts
 
 def test_state_survives_restart(berth_factory):
@@ -403,7 +432,7 @@ def test_check_config_empty_file_uses_defaults(tmp_path):
     assert r.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("text,key", [
+CONFIG_REJECTS = [
     (VALID_CONFIG + "\ncolour = \"blue\"\n", "colour"),
     (VALID_CONFIG.replace('level = "info"', 'level = "info"\nverbosity = 3'), "verbosity"),
     (VALID_CONFIG.replace("[uploads]", "[uploads]\nmax_parallel = 4"), "max_parallel"),
@@ -413,7 +442,15 @@ def test_check_config_empty_file_uses_defaults(tmp_path):
     (VALID_CONFIG.replace("delete_enabled = true", 'delete_enabled = "maybe"'), "delete_enabled"),
     (VALID_CONFIG.replace("ttl_secs = 86400", "ttl_secs = -5"), "ttl_secs"),
     (VALID_CONFIG.replace('backend = "filesystem"', 'backend = "floppy"'), "backend"),
-])
+    (VALID_CONFIG.replace('listen = "127.0.0.1:5000"', 'listen = "not-an-address"'), "listen"),
+    (VALID_CONFIG.replace('listen = "127.0.0.1:5000"', "listen = 5000"), "listen"),
+    (VALID_CONFIG.replace("manifest_max_bytes = 4194304", "manifest_max_bytes = 0"), "manifest_max_bytes"),
+    (VALID_CONFIG.replace("purge_interval_secs = 600", "purge_interval_secs = 0"), "purge_interval_secs"),
+    (VALID_CONFIG.replace('level = "info"', 'level = "[[["'), "level"),
+]
+
+
+@pytest.mark.parametrize("text,key", CONFIG_REJECTS, ids=[f"{i}-{k}" for i, (_, k) in enumerate(CONFIG_REJECTS)])
 def test_check_config_rejects(tmp_path, text, key):
     r = check_config(tmp_path, text)
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)

@@ -308,6 +308,22 @@ def test_unknown_upload(c, upload_id):
     assert_error(c.delete(loc), 404, "BLOB_UPLOAD_UNKNOWN")
 
 
+@pytest.mark.parametrize("upload_id", ["..%2Fberth.db", "..%2F..%2Fberth.db", "%2e%2e%2Fberth.db", "berth.db"])
+def test_upload_id_path_traversal(berth, upload_id):
+    c = Client(berth.url)
+    name = uniq()
+    db = berth.data_dir / "berth.db"
+    assert db.is_file()
+    size = db.stat().st_size
+    loc = f"/v2/{name}/blobs/uploads/{upload_id}"
+    for r in (c.get(loc), c.patch_chunk(loc, b"junk"), c.put_upload(loc, digest(b"junk"), b"junk"), c.delete(loc)):
+        assert r.status_code in (400, 404), (r.request.method, r.status_code)
+        assert_spec_error_body(r)
+    assert db.is_file() and db.stat().st_size >= size
+    data = rand_bytes(10)
+    assert c.get_blob(name, c.push_blob(name, data)).content == data
+
+
 def test_upload_id_under_other_repo(c):
     a, b = uniq(), uniq()
     data = rand_bytes(64)
@@ -342,13 +358,16 @@ def test_mount_from_repo_with_blob(c):
     assert g.status_code == 200 and g.content == data
 
 
-@pytest.mark.parametrize("case", ["other_repo_without_blob", "repo_missing", "digest_unknown"])
+@pytest.mark.parametrize("case", ["other_repo_without_blob", "repo_missing", "digest_unknown", "unlinked_from_source"])
 def test_mount_falls_back_to_upload(c, case):
     holder, src, dst = uniq(), uniq(), uniq()
     data = rand_bytes(500)
     d = c.push_blob(holder, data)
     if case == "other_repo_without_blob":
         c.push_blob(src, b"unrelated")
+    if case == "unlinked_from_source":
+        c.push_blob(src, data)
+        assert c.delete(f"/v2/{src}/blobs/{d}").status_code == 202
     if case == "digest_unknown":
         data = rand_bytes(501)
         d = digest(data)
@@ -530,18 +549,69 @@ def test_connection_dropped_mid_patch(berth, with_content_range):
     assert g.status_code == 200 and g.content == blob
 
 
+def test_kill9_mid_patch_then_restart(berth_factory):
+    import socket
+    b = berth_factory()
+    c = Client(b.url)
+    name = uniq()
+    first = 5000
+    mib = 1024 * 1024
+    blob = rand_bytes(first + mib + 99)
+    loc = c.start_upload(name)
+    r = c.patch_chunk(loc, blob[:first], f"0-{first - 1}")
+    assert r.status_code == 202
+    loc = r.headers["Location"]
+    head = (f"PATCH {loc_path(r)} HTTP/1.1\r\nHost: {b.addr}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {mib}\r\n\r\n")
+    host, port = b.addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        s.sendall(head.encode() + blob[first:first + mib // 2])
+        time.sleep(0.3)
+        b.kill9()
+    finally:
+        s.close()
+    b.restart()
+    c = Client(b.url)
+    st = c.get(loc)
+    assert st.status_code == 204, st.text
+    off = range_end(st) + 1
+    assert first <= off <= first + mib // 2, off
+    d = digest(blob)
+    p = c.put_upload(loc, d, blob[off:])
+    assert p.status_code == 201, (off, p.status_code, p.text)
+    assert c.get_blob(name, d).content == blob
+
+
 def test_upload_expiry(berth_factory):
     b = berth_factory(env={"BERTH_UPLOADS__TTL_SECS": "1", "BERTH_UPLOADS__PURGE_INTERVAL_SECS": "1"})
     c = Client(b.url)
     name = uniq()
+    kept = rand_bytes(50)
+    kept_d = c.push_blob(name, kept)
     loc = c.start_upload(name)
     r = c.patch_chunk(loc, rand_bytes(4096), "0-4095")
     assert r.status_code == 202
     assert c.get(loc).status_code == 204
     assert upload_files(b) != [], "upload bytes are kept under <data>/uploads"
-    time.sleep(4)
+    # an upload that keeps being written to is not "untouched" and survives
+    busy = c.start_upload(name)
+    busy_data = b""
+    t0 = time.time()
+    while time.time() - t0 < 3:
+        piece = rand_bytes(100)
+        r = c.patch_chunk(busy, piece, f"{len(busy_data)}-{len(busy_data) + 99}")
+        assert r.status_code == 202, (round(time.time() - t0, 2), r.status_code, r.text)
+        busy_data += piece
+        time.sleep(0.25)
+    time.sleep(1.0)
     assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    deadline = time.time() + 3
+    while c.get(busy).status_code == 204 and time.time() < deadline:
+        time.sleep(0.2)
+    assert_error(c.get(busy), 404, "BLOB_UPLOAD_UNKNOWN")
     assert upload_files(b) == []
-    # the registry still works afterwards
+    # complete blobs are not touched by the purge, and the registry still works
+    assert c.get_blob(name, kept_d).content == kept
     data = rand_bytes(10)
     assert c.get_blob(name, c.push_blob(name, data)).content == data

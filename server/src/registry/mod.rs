@@ -5,10 +5,13 @@
 
 mod cache;
 mod error;
+mod platforms;
+pub mod policy;
 mod uploads;
 
 pub(crate) use error::upload_range;
 pub use error::RegistryError;
+pub use platforms::{Inspection, ResolveAnswer, Variant};
 pub use uploads::{ChunkRange, UploadStatus};
 
 use berth_oci::manifest::{is_index_media_type, ManifestKind};
@@ -29,6 +32,8 @@ pub struct Settings {
     pub manifest_max_bytes: u64,
     /// Upload time-to-live.
     pub upload_ttl: Duration,
+    /// Validation policies.
+    pub policies: policy::Policies,
 }
 
 /// The registry: blob store, metadata, caches and in-flight upload state.
@@ -52,6 +57,8 @@ pub struct PutManifest {
     pub subject: Option<Digest>,
     /// Tags now pointing at it.
     pub tags: Vec<String>,
+    /// Warnings for `Warning: 299` headers (accepted despite findings).
+    pub warnings: Vec<String>,
 }
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -192,7 +199,7 @@ impl Registry {
                 tags.push(t.as_str().to_owned());
             }
         }
-        let (blobs, children) = self.check_references(repo, &manifest).await?;
+        let checked = self.check_references(repo, &manifest).await?;
         let annotations = manifest
             .annotations
             .as_ref()
@@ -205,8 +212,10 @@ impl Registry {
             subject: subject.as_ref(),
             annotations,
             content: body,
-            blobs,
-            children,
+            blobs: checked.blobs,
+            children: checked.children,
+            entries: checked.entries,
+            findings: checked.findings.clone(),
         };
         self.meta.put_manifest(repo, &new, &tags).await?;
         self.cache.invalidate();
@@ -215,27 +224,36 @@ impl Registry {
             digest,
             subject,
             tags,
+            warnings: checked.findings.into_iter().map(|f| f.message).collect(),
         })
     }
 
-    /// Every blob and child manifest must be there: returns (blobs, children).
-    async fn check_references(
-        &self,
-        repo: &str,
-        m: &Manifest,
-    ) -> Result<(Vec<Digest>, Vec<Digest>)> {
-        let mut blobs = Vec::new();
-        let mut children = Vec::new();
+    /// Every blob must be there, with the size its descriptor says; foreign layers must come
+    /// from allowed URLs. Index entries are checked by `check_index`.
+    async fn check_references(&self, repo: &str, m: &Manifest) -> Result<platforms::Checked> {
+        let mut out = platforms::Checked::default();
         match m.kind {
             ManifestKind::Image => {
                 let config = m.config.iter();
                 for (i, d) in config.chain(m.layers.iter()).enumerate() {
-                    if mt::is_foreign_layer(&d.media_type)
-                        && d.urls.as_ref().is_some_and(|u| !u.is_empty())
-                    {
+                    let what = if i == 0 {
+                        "config".to_owned()
+                    } else {
+                        format!("layers[{}]", i - 1)
+                    };
+                    let urls = d.urls.as_deref().unwrap_or_default();
+                    if mt::is_foreign_layer(&d.media_type) && !urls.is_empty() {
+                        for u in urls {
+                            if let Some(why) = self.settings.policies.refuse_url(u) {
+                                return Err(RegistryError::ManifestInvalid(format!(
+                                    "{what}: foreign layer {}: {why}",
+                                    d.digest
+                                )));
+                            }
+                        }
                         // Foreign layers live elsewhere; served as pushed when present here.
                         if self.meta.repo_blob_size(repo, &d.digest).await?.is_some() {
-                            blobs.push(d.digest.clone());
+                            out.blobs.push(d.digest.clone());
                         }
                         continue;
                     }
@@ -249,29 +267,17 @@ impl Registry {
                         None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
                     };
                     if size != d.size as u64 {
-                        let what = if i == 0 {
-                            "config".to_owned()
-                        } else {
-                            format!("layers[{}]", i - 1)
-                        };
                         return Err(RegistryError::ManifestInvalid(format!(
                             "{what}: descriptor size {} does not match blob {} of {size} bytes",
                             d.size, d.digest
                         )));
                     }
-                    blobs.push(d.digest.clone());
+                    out.blobs.push(d.digest.clone());
                 }
             }
-            ManifestKind::Index => {
-                for d in &m.manifests {
-                    if !self.meta.manifest_exists(repo, &d.digest).await? {
-                        return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
-                    }
-                    children.push(d.digest.clone());
-                }
-            }
+            ManifestKind::Index => self.check_index(repo, m, &mut out).await?,
         }
-        Ok((blobs, children))
+        Ok(out)
     }
 
     /// Deletes a manifest (by digest, with its tags) or a tag.

@@ -16,7 +16,16 @@ pub async fn get(
     reference: Reference,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let m = st.registry.manifest(name.as_str(), &reference).await?;
+    let accept: Vec<&str> = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let m = st
+        .registry
+        .manifest_for_accept(name.as_str(), &reference, &accept)
+        .await?;
     let ct = HeaderValue::from_str(&m.media_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let digest =
@@ -108,6 +117,13 @@ pub async fn put(
     if let Some(s) = &put.subject {
         if let Ok(v) = HeaderValue::from_str(s.as_str()) {
             r.headers_mut().insert("oci-subject", v);
+        }
+    }
+    for w in &put.warnings {
+        // RFC 7234 warn-code 299, as the spec allows; each value at most 4096 bytes.
+        let text: String = w.replace('"', "'").chars().take(4000).collect();
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            r.headers_mut().append(header::WARNING, v);
         }
     }
     if matches!(reference, Reference::Digest(_)) {

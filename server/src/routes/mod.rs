@@ -4,6 +4,7 @@
 //! route and [`OciPath::parse`] reads the path from the right, where the reference, digest and
 //! upload id never contain `/`. Routes call `registry`; `registry` never calls routes.
 
+pub mod api;
 mod blobs;
 mod catalog;
 mod manifests;

@@ -141,13 +141,20 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let id = upload_id(id)?;
     let q = query_pairs(&req);
-    let Some(dg) = query_get(&q, "digest") else {
-        return Err(ApiError::oci(
-            ErrorCode::DigestInvalid,
-            "the closing PUT needs a ?digest= parameter",
-        ));
+    let d = match query_get(&q, "digest").map(digest) {
+        Some(Ok(d)) => d,
+        bad => {
+            // A closing PUT without a usable digest ends the session (CONTRACT.md).
+            st.registry.cancel_upload(name.as_str(), id).await?;
+            return Err(match bad {
+                Some(Err(e)) => e,
+                _ => ApiError::oci(
+                    ErrorCode::DigestInvalid,
+                    "the closing PUT needs a ?digest= parameter",
+                ),
+            });
+        }
     };
-    let d = digest(dg)?;
     let has_body = content_length(req.headers()).map_or_else(
         || header_str(req.headers(), "transfer-encoding").is_some(),
         |n| n > 0,

@@ -1,0 +1,80 @@
+//! berth's own JSON API under `/berth/v1/`: the variant table and the host resolver.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Query, State};
+use axum::Json;
+use berth_oci::platform::{ClientRule, Host, Isolation, Platform};
+use berth_oci::{ErrorCode, Reference, RepoName};
+use serde::Deserialize;
+
+/// `?repository=&reference=`
+#[derive(Deserialize)]
+pub struct InspectQuery {
+    repository: String,
+    reference: String,
+}
+
+fn target(repo: &str, reference: &str) -> Result<(RepoName, Reference), ApiError> {
+    let name: RepoName = repo
+        .parse()
+        .map_err(|e: berth_oci::NameError| ApiError::oci(ErrorCode::NameInvalid, e.to_string()))?;
+    let r: Reference = reference
+        .parse()
+        .map_err(|e: berth_oci::reference::ReferenceError| {
+            ApiError::oci(ErrorCode::ManifestInvalid, e.to_string())
+        })?;
+    Ok((name, r))
+}
+
+/// `GET /berth/v1/inspect?repository=R&reference=T`: the tag's variant table.
+pub async fn inspect(
+    State(st): State<AppState>,
+    Query(q): Query<InspectQuery>,
+) -> Result<Json<crate::registry::Inspection>, ApiError> {
+    let (name, r) = target(&q.repository, &q.reference)?;
+    Ok(Json(st.registry.inspect(name.as_str(), &r).await?))
+}
+
+/// `?repository=&reference=&platform=os/arch[/variant][:os.version]&isolation=&rule=&features=`
+#[derive(Deserialize)]
+pub struct ResolveQuery {
+    repository: String,
+    reference: String,
+    platform: String,
+    #[serde(default)]
+    isolation: Option<Isolation>,
+    #[serde(default)]
+    rule: Option<ClientRule>,
+    /// Comma-separated host os.features.
+    #[serde(default)]
+    features: Option<String>,
+}
+
+/// `GET /berth/v1/resolve`: which manifest this host would pull, and why.
+pub async fn resolve(
+    State(st): State<AppState>,
+    Query(q): Query<ResolveQuery>,
+) -> Result<Json<crate::registry::ResolveAnswer>, ApiError> {
+    let (name, r) = target(&q.repository, &q.reference)?;
+    let mut platform: Platform =
+        q.platform
+            .parse()
+            .map_err(|e: berth_oci::platform::PlatformError| {
+                ApiError::oci(ErrorCode::Unsupported, format!("invalid platform: {e}"))
+                    .status(axum::http::StatusCode::BAD_REQUEST)
+            })?;
+    if let Some(f) = q.features.filter(|f| !f.is_empty()) {
+        platform.os_features = f.split(',').map(str::to_owned).collect();
+    }
+    let host = Host {
+        platform,
+        isolation: q.isolation.unwrap_or(Isolation::Process),
+        rule: q.rule.unwrap_or(ClientRule::Containerd),
+    };
+    Ok(Json(
+        st.registry
+            .resolve_for_host(name.as_str(), &r, host)
+            .await?,
+    ))
+}
