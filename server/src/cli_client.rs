@@ -126,8 +126,8 @@ pub async fn inspect(registry: &str, reference: &str, json: bool) -> anyhow::Res
         v["mediaType"].as_str().unwrap_or("")
     );
     println!(
-        "{:<4} {:<22} {:<18} {:>12} {:>6}  {:<20} {}",
-        "#", "PLATFORM", "OS.VERSION", "SIZE", "LAYERS", "DIGEST", "FINDINGS"
+        "{:<4} {:<22} {:<18} {:>12} {:>6}  {:<20} FINDINGS",
+        "#", "PLATFORM", "OS.VERSION", "SIZE", "LAYERS", "DIGEST"
     );
     for x in v["variants"].as_array().into_iter().flatten() {
         let p = &x["platform"];

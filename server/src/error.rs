@@ -23,6 +23,9 @@ pub enum ApiError {
         /// Extra headers (Range on 416, Content-Range ...).
         headers: Vec<(&'static str, HeaderValue)>,
     },
+    /// The disk or database is full: 507, nothing half-written is kept.
+    #[error("storage full: {0}")]
+    StorageFull(anyhow::Error),
     /// Something broke inside; the cause is logged, never sent.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -127,6 +130,14 @@ impl IntoResponse for ApiError {
                 }
                 r
             }
+            ApiError::StorageFull(e) => {
+                tracing::error!(error = format!("{e:#}"), "storage full");
+                json_response(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    br#"{"errors":[{"code":"UNKNOWN","message":"registry storage is full"}]}"#
+                        .to_vec(),
+                )
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 json_response(
@@ -143,6 +154,9 @@ impl From<berth_storage::Error> for ApiError {
     // Only for errors that are internal wherever they happen; "not found" is named by the
     // caller before it gets here (see registry::RegistryError).
     fn from(e: berth_storage::Error) -> Self {
+        if e.is_storage_full() {
+            return ApiError::StorageFull(anyhow::Error::new(e));
+        }
         ApiError::Internal(anyhow::Error::new(e))
     }
 }

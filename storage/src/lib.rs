@@ -15,6 +15,10 @@ pub enum Error {
     /// The object or row does not exist.
     #[error("not found")]
     NotFound,
+    /// The incoming byte stream failed (a dropped connection): the client's problem, not the
+    /// store's. The upload is left as it was before the chunk.
+    #[error("request body: {0}")]
+    Body(io::Error),
     /// A filesystem error.
     #[error("storage i/o: {0}")]
     Io(#[from] io::Error),
@@ -27,6 +31,18 @@ pub enum Error {
     /// Stored data that makes no sense (a bad digest in a row, say).
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
+}
+
+impl Error {
+    /// Whether the store ran out of space (disk or database full).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Error::Io(e) => e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28),
+            Error::Db(sqlx::Error::Database(d)) => d.code().as_deref() == Some("13"),
+            Error::Db(sqlx::Error::Io(e)) => e.kind() == io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
 }
 
 /// Result with the storage error.

@@ -87,6 +87,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::oci(ErrorCode::ManifestBlobUnknown, msg).detail(json!({ "digest": d }))
             }
             E::DeleteDisabled => ApiError::oci(ErrorCode::Unsupported, msg),
+            E::Storage(s) if s.is_storage_full() => ApiError::StorageFull(anyhow::Error::new(s)),
             E::Storage(s) => ApiError::Internal(anyhow::Error::new(s)),
         }
     }

@@ -58,6 +58,16 @@ pub struct ChunkRange {
     pub end: u64,
 }
 
+/// A failed append: the client's body broke (BLOB_UPLOAD_INVALID) or the store did (5xx).
+fn append_error(e: berth_storage::Error, what: &str) -> RegistryError {
+    match e {
+        berth_storage::Error::Body(e) => {
+            RegistryError::UploadInvalid(format!("{what} not received: {e}"))
+        }
+        e => e.into(),
+    }
+}
+
 impl Registry {
     /// Starts an upload session in `repo`.
     pub async fn start_upload(&self, repo: &str) -> Result<UploadStatus> {
@@ -155,9 +165,7 @@ impl Registry {
             Err(e) => {
                 // The store cut the file back to `offset`; the kept hasher still matches it.
                 tracing::info!(upload.id = %id, error = %e, "chunk not stored");
-                Err(RegistryError::UploadInvalid(format!(
-                    "chunk not stored: {e}"
-                )))
+                Err(append_error(e, "chunk"))
             }
         }
     }
@@ -180,7 +188,7 @@ impl Registry {
                 .store
                 .append(id, len, body, &mut hasher)
                 .await
-                .map_err(|e| RegistryError::UploadInvalid(format!("last chunk not stored: {e}")))?;
+                .map_err(|e| append_error(e, "last chunk"))?;
             st.hasher = Some((len, hasher.clone()));
         }
         let got = if digest.algorithm() == Algorithm::Sha256 {
@@ -216,9 +224,7 @@ impl Registry {
             Ok(n) => n,
             Err(e) => {
                 let _ = self.store.abort(id).await;
-                return Err(RegistryError::UploadInvalid(format!(
-                    "blob not stored: {e}"
-                )));
+                return Err(append_error(e, "blob"));
             }
         };
         let got = hasher.finish();

@@ -257,7 +257,7 @@ impl BlobStore for FsStore {
                         .and_then(|f| f.set_len(offset))
                 })
                 .await;
-                Err(Error::Io(e))
+                Err(Error::Body(e))
             }
             (None, Ok(Err(e))) => Err(Error::Io(e)),
             (None, Err(e)) => Err(e),
