@@ -25,6 +25,84 @@ pub struct Config {
     pub uploads: Uploads,
     /// Manifest validation policies.
     pub validation: crate::registry::policy::Validation,
+    /// Access control.
+    pub auth: AuthConfig,
+    /// HTTPS.
+    pub tls: TlsConfig,
+}
+
+/// Access control (docs/AUTH.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `none` or `token`.
+    pub mode: AuthMode,
+    /// `service` in challenges, `aud` of tokens.
+    pub service: String,
+    /// `iss` of the tokens berth signs.
+    pub issuer: String,
+    /// Token endpoint for challenges; empty: derived from the request's Host.
+    pub realm: String,
+    /// Access token lifetime (at least 60).
+    pub token_ttl_secs: u64,
+    /// Refresh token lifetime.
+    pub refresh_ttl_secs: u64,
+    /// Repository patterns anyone may pull.
+    pub anonymous_pull: Vec<String>,
+    /// Failed logins per client IP per minute before 429.
+    pub failed_login_limit: u32,
+    /// External issuers whose tokens are accepted.
+    pub trust: Vec<TrustConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            service: "berth".into(),
+            issuer: "berth".into(),
+            realm: String::new(),
+            token_ttl_secs: 300,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            anonymous_pull: vec![],
+            failed_login_limit: 10,
+            trust: vec![],
+        }
+    }
+}
+
+/// Auth modes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everyone may do everything.
+    None,
+    /// Docker registry token authentication.
+    Token,
+}
+
+/// An external token issuer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Its `iss`.
+    pub issuer: String,
+    /// A JWKS file with its keys.
+    #[serde(default)]
+    pub jwks: Option<PathBuf>,
+    /// A PEM public key (EC P-256 or RSA).
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
+}
+
+/// HTTPS settings: both files set means berth serves TLS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -37,6 +115,8 @@ impl Default for Config {
             limits: Limits::default(),
             uploads: Uploads::default(),
             validation: Default::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -178,6 +258,20 @@ impl Config {
                 self.log.level
             )
         })?;
+        if self.auth.token_ttl_secs < 60 {
+            anyhow::bail!("invalid value for key \"auth.token_ttl_secs\": must be at least 60");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            anyhow::bail!("invalid value for key \"tls\": set both cert and key, or neither");
+        }
+        for t in &self.auth.trust {
+            if t.jwks.is_none() && t.public_key.is_none() {
+                anyhow::bail!(
+                    "invalid value for key \"auth.trust\": issuer {:?} needs jwks or public_key",
+                    t.issuer
+                );
+            }
+        }
         if self.data_dir.as_os_str().is_empty() {
             anyhow::bail!("invalid value for key \"data_dir\": empty");
         }

@@ -3,10 +3,13 @@
 //! Layers, each calling only downward: `routes` (HTTP) → `registry` (OCI rules) →
 //! `berth_storage` (bytes and metadata).
 
+pub mod accounts;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod registry;
 pub mod routes;
+pub mod tls;
 
 use anyhow::Context;
 use axum::http::HeaderValue;
@@ -27,6 +30,8 @@ use tower_http::trace::TraceLayer;
 pub struct AppState {
     /// The registry rules and storage.
     pub registry: Arc<Registry>,
+    /// Access control, when `auth.mode = "token"`.
+    pub auth: Option<Arc<auth::AuthState>>,
 }
 
 /// The HTTP application. Separate from [`serve`] so tests can drive it directly.
@@ -38,6 +43,31 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/{*rest}", any(routes::dispatch))
         .route("/berth/v1/inspect", get(routes::api::inspect))
         .route("/berth/v1/resolve", get(routes::api::resolve))
+        .route(
+            "/auth/token",
+            get(routes::token::get_token).post(routes::token::post_token),
+        )
+        .route("/auth/jwks.json", get(routes::token::jwks))
+        .route(
+            "/berth/v1/users",
+            get(routes::admin::list_users).post(routes::admin::create_user),
+        )
+        .route(
+            "/berth/v1/users/{name}",
+            axum::routing::put(routes::admin::update_user).delete(routes::admin::delete_user),
+        )
+        .route(
+            "/berth/v1/robots",
+            get(routes::admin::list_robots).post(routes::admin::create_robot),
+        )
+        .route(
+            "/berth/v1/robots/{name}",
+            axum::routing::delete(routes::admin::delete_robot),
+        )
+        .route(
+            "/berth/v1/permissions",
+            get(routes::admin::list_permissions).post(routes::admin::create_permission),
+        )
         .method_not_allowed_fallback(|| async {
             error::ApiError::oci(
                 berth_oci::ErrorCode::Unsupported,
@@ -129,9 +159,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening beyond loopback without authentication");
+    if !addr.ip().is_loopback() && cfg.auth.mode == config::AuthMode::None {
+        tracing::warn!(%addr, "listening beyond loopback without authentication (auth.mode = \"none\")");
     }
+    let tls = cfg.tls.cert.is_some();
+    let auth = match cfg.auth.mode {
+        config::AuthMode::None => None,
+        config::AuthMode::Token => Some(Arc::new(
+            auth::AuthState::new(cfg.auth.clone(), &cfg.data_dir, registry.meta.clone(), tls)
+                .context("setting up token authentication")?,
+        )),
+    };
     let purger = {
         let r = registry.clone();
         let every = Duration::from_secs(cfg.uploads.purge_interval_secs);
@@ -149,21 +187,50 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let app = app(AppState {
         registry: registry.clone(),
+        auth,
     });
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "berth started");
-    println!("listening on {addr}");
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    if let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) {
+        let certs = tls::Reloading::start(cert.clone(), key.clone())
+            .context("loading the TLS certificate")?;
+        println!("listening on {addr}");
+        tls::serve(listener, app, certs, shutdown_signal()).await?;
+    } else {
+        println!("listening on {addr}");
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        // Graceful shutdown waits for requests in flight, but not for ever: a client
+        // streaming a large upload must not keep the process alive past the deadline.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(());
+        });
+        tokio::select! {
+            r = server => r?,
+            _ = async {
+                if stop_rx.await.is_ok() {
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => tracing::warn!("shutdown grace period over; dropping open connections"),
+        }
+    }
     purger.abort();
     registry.meta.close().await;
     tracing::info!("berth stopped");
     Ok(())
 }
+
+/// How long a shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

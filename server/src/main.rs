@@ -63,6 +63,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage users (on the server's database).
+    User {
+        #[command(subcommand)]
+        op: UserOp,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Manage robot accounts.
+    Robot {
+        #[command(subcommand)]
+        op: RobotOp,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Allow a principal actions on repositories matching a pattern.
+    Grant {
+        /// A user.
+        #[arg(long, group = "who")]
+        user: Option<String>,
+        /// A group.
+        #[arg(long, group = "who")]
+        group: Option<String>,
+        /// A robot (name without `robot$`).
+        #[arg(long, group = "who")]
+        robot: Option<String>,
+        /// Everyone, without credentials.
+        #[arg(long, group = "who")]
+        anonymous: bool,
+        /// Repository pattern (`*` within a component, `**` across).
+        #[arg(long)]
+        repo: String,
+        /// Comma-separated: pull, push, delete, admin.
+        #[arg(long)]
+        actions: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -70,9 +107,204 @@ enum Command {
     },
 }
 
+/// Where the database is: the same `--config`/`--data-dir` as `serve`.
+#[derive(clap::Args)]
+struct DbArgs {
+    /// TOML configuration file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, clap::Args)]
+struct PasswordArgs {
+    /// The password (prefer --password-stdin: arguments are visible to other users).
+    #[arg(long)]
+    password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum UserOp {
+    /// Create (or replace) a user.
+    Add {
+        name: String,
+        /// Admins may do everything.
+        #[arg(long)]
+        admin: bool,
+        /// Groups to join.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Change a password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Delete a user and its rules.
+    Del { name: String },
+    /// List users.
+    List,
+}
+
+#[derive(Subcommand)]
+enum RobotOp {
+    /// Create a robot; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// PATTERN:ACTIONS, e.g. 'team/*:pull,push' (repeatable).
+        #[arg(long)]
+        allow: Vec<String>,
+        /// Lifetime, e.g. 90d, 12h.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List robots.
+    List,
+    /// Delete a robot.
+    Del { name: String },
+}
+
+fn read_password(pw: &PasswordArgs) -> anyhow::Result<String> {
+    if let Some(p) = &pw.password {
+        return Ok(p.clone());
+    }
+    if pw.password_stdin {
+        let mut s = String::new();
+        std::io::stdin().read_line(&mut s)?;
+        return Ok(s.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    anyhow::bail!("give --password or --password-stdin")
+}
+
+async fn open_meta(db: &DbArgs) -> anyhow::Result<berth_storage::meta::Meta> {
+    let mut cfg = Config::load(db.config.as_deref(), true)?;
+    if let Some(d) = &db.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    Ok(berth_storage::meta::Meta::open_sqlite(&cfg.data_dir.join("berth.db")).await?)
+}
+
+async fn accounts_cmd(cmd: Command) -> anyhow::Result<bool> {
+    use berth_server::accounts;
+    match cmd {
+        Command::User { op, db } => {
+            let meta = open_meta(&db).await?;
+            match op {
+                UserOp::Add {
+                    name,
+                    admin,
+                    groups,
+                    pw,
+                } => {
+                    accounts::add_user(&meta, &name, &read_password(&pw)?, admin, &groups).await?;
+                    println!("user {name} saved");
+                }
+                UserOp::Passwd { name, pw } => {
+                    if !accounts::set_password(&meta, &name, &read_password(&pw)?).await? {
+                        anyhow::bail!("no user {name:?}");
+                    }
+                    println!("password of {name} changed");
+                }
+                UserOp::Del { name } => {
+                    if !meta.delete_user(&name).await? {
+                        anyhow::bail!("no user {name:?}");
+                    }
+                    println!("user {name} deleted");
+                }
+                UserOp::List => {
+                    for u in meta.users().await? {
+                        let admin = if u.admin { " (admin)" } else { "" };
+                        println!(
+                            "{}{admin}{}",
+                            u.name,
+                            if u.groups.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" groups: {}", u.groups.join(","))
+                            }
+                        );
+                    }
+                }
+            }
+            meta.close().await;
+        }
+        Command::Robot { op, db } => {
+            let meta = open_meta(&db).await?;
+            match op {
+                RobotOp::Create {
+                    name,
+                    allow,
+                    expires,
+                } => {
+                    let exp = expires
+                        .as_deref()
+                        .map(accounts::parse_duration)
+                        .transpose()?;
+                    let secret = accounts::create_robot(&meta, &name, &allow, exp).await?;
+                    println!("name: robot${name}");
+                    println!("secret: {secret}");
+                    eprintln!("the secret is shown once; store it now");
+                }
+                RobotOp::List => {
+                    for r in meta.robots().await? {
+                        match r.expires_at {
+                            Some(e) => println!("robot${} expires_at={e}", r.name),
+                            None => println!("robot${}", r.name),
+                        }
+                    }
+                }
+                RobotOp::Del { name } => {
+                    let n = name.strip_prefix("robot$").unwrap_or(&name);
+                    if !meta.delete_robot(n).await? {
+                        anyhow::bail!("no robot {name:?}");
+                    }
+                    println!("robot {name} deleted");
+                }
+            }
+            meta.close().await;
+        }
+        Command::Grant {
+            user,
+            group,
+            robot,
+            anonymous,
+            repo,
+            actions,
+            db,
+        } => {
+            let principal = match (user, group, robot, anonymous) {
+                (Some(u), _, _, _) => format!("user:{u}"),
+                (_, Some(g), _, _) => format!("group:{g}"),
+                (_, _, Some(r), _) => format!("robot:{}", r.strip_prefix("robot$").unwrap_or(&r)),
+                (_, _, _, true) => "anonymous".to_owned(),
+                _ => anyhow::bail!("give --user, --group, --robot or --anonymous"),
+            };
+            let meta = open_meta(&db).await?;
+            accounts::grant(&meta, &principal, &repo, &actions).await?;
+            println!("granted {actions} on {repo} to {principal}");
+            meta.close().await;
+        }
+        _ => {}
+    }
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        cmd @ (Command::User { .. } | Command::Robot { .. } | Command::Grant { .. }) => {
+            cli_client::run(accounts_cmd(cmd))
+        }
         Command::Resolve {
             reference,
             platform,

@@ -46,6 +46,10 @@ pub struct Variant {
     pub config: Option<Digest>,
     /// Validation findings about this entry.
     pub findings: Vec<String>,
+    /// For an index entry without a `platform`: what its image config says (clients fall
+    /// back to the config for such entries).
+    #[serde(rename = "imagePlatform", skip_serializing_if = "Option::is_none")]
+    pub image_platform: Option<Platform>,
 }
 
 /// The variant table of a reference.
@@ -229,7 +233,9 @@ impl Registry {
         accept: &[&str],
     ) -> Result<Arc<StoredManifest>> {
         let m = self.manifest(repo, reference).await?;
-        if !Self::is_index(&m) || accept.is_empty() {
+        // By digest the client gets exactly those bytes, whatever it accepts (distribution
+        // substitutes only for tags: it cannot return content that does not match a digest).
+        if !Self::is_index(&m) || accept.is_empty() || matches!(reference, Reference::Digest(_)) {
             return Ok(m);
         }
         let takes_list = accept
@@ -278,7 +284,15 @@ impl Registry {
                         .filter(|f| f.position == Some(e.position))
                         .map(|f| f.message.clone())
                         .collect(),
+                    image_platform: None,
                 };
+                if let Some(c) = &child {
+                    if v.platform.is_none() {
+                        if let Some((_, Some(cfg))) = self.image_of(c).await? {
+                            v.image_platform = Some(cfg.platform());
+                        }
+                    }
+                }
                 if let Some(Ok(cm)) =
                     child.map(|c| Manifest::parse(&c.content, Some(&c.media_type)))
                 {
@@ -297,6 +311,7 @@ impl Registry {
                 layers: None,
                 config: None,
                 findings: vec![],
+                image_platform: None,
             };
             fill_sizes(&mut v, &cm);
             variants.push(v);
@@ -335,7 +350,58 @@ impl Registry {
                 })
             })
             .collect();
-        let resolution = platform::resolve(&candidates, &host);
+        let mut resolution = platform::resolve(&candidates, &host);
+        // Entries without a platform: both clients keep them, rank them after every entry
+        // that has one, and decide by the image config (containerd core/images/image.go,
+        // moby pull_v2_unix.go).
+        for (i, v) in inspection.variants.iter().enumerate() {
+            if v.platform.is_some() {
+                continue;
+            }
+            let index = v.position.map_or(i, |p| p as usize);
+            let (kept, reason) = match &v.image_platform {
+                None => (
+                    false,
+                    "no platform in the index and no readable image config".to_owned(),
+                ),
+                Some(p) => {
+                    let one = [Candidate {
+                        index,
+                        digest: v.digest.to_string(),
+                        platform: p.clone(),
+                    }];
+                    let r = platform::resolve(&one, &host);
+                    let why = r
+                        .verdicts
+                        .first()
+                        .map(|x| x.reason.clone())
+                        .unwrap_or_default();
+                    (
+                        r.chosen.is_some(),
+                        format!("no platform in the index; image config {p}: {why}"),
+                    )
+                }
+            };
+            let rank = if kept && resolution.chosen.is_none() {
+                resolution.chosen = Some(Candidate {
+                    index,
+                    digest: v.digest.to_string(),
+                    platform: v.image_platform.clone().unwrap_or_default(),
+                });
+                Some(0)
+            } else if kept {
+                Some(resolution.verdicts.iter().filter(|x| x.kept).count())
+            } else {
+                None
+            };
+            resolution.verdicts.push(platform::CandidateVerdict {
+                index,
+                digest: v.digest.to_string(),
+                kept,
+                rank,
+                reason,
+            });
+        }
         Ok(ResolveAnswer {
             repository: repo.to_owned(),
             reference: reference.to_string(),

@@ -58,6 +58,44 @@ pub struct ChunkRange {
     pub end: u64,
 }
 
+/// Passes `body` through, failing it if it carries more or fewer than `len` bytes.
+fn exact_len(mut body: ByteStream, len: u64) -> ByteStream {
+    let mut seen = 0u64;
+    let mut ended = false;
+    futures::stream::poll_fn(move |cx| {
+        use std::task::Poll;
+        if ended {
+            return Poll::Ready(None);
+        }
+        match futures::ready!(body.poll_next_unpin(cx)) {
+            Some(Ok(chunk)) => {
+                seen += chunk.len() as u64;
+                if seen > len {
+                    ended = true;
+                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        "body is longer than the {len} bytes of its Content-Range"
+                    )))));
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Some(Err(e)) => {
+                ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                ended = true;
+                if seen < len {
+                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        "body ended after {seen} of the {len} bytes of its Content-Range"
+                    )))));
+                }
+                Poll::Ready(None)
+            }
+        }
+    })
+    .boxed()
+}
+
 /// A failed append: the client's body broke (BLOB_UPLOAD_INVALID) or the store did (5xx).
 fn append_error(e: berth_storage::Error, what: &str) -> RegistryError {
     match e {
@@ -130,27 +168,29 @@ impl Registry {
         let session = self.uploads.get(id);
         let mut st = session.lock().await;
         let offset = self.session_len(repo, id).await?;
+        let mut body = body;
         if let Some(r) = range {
-            if r.end < r.start {
+            let Some(len) = r.end.checked_sub(r.start).and_then(|n| n.checked_add(1)) else {
                 return Err(RegistryError::UploadInvalid(format!(
-                    "Content-Range {}-{} ends before it starts",
+                    "Content-Range {}-{} is not a valid range",
                     r.start, r.end
                 )));
-            }
+            };
             if r.start != offset {
                 return Err(RegistryError::OutOfOrder {
                     want: offset,
                     got: r.start,
                 });
             }
-            if let Some(len) = content_length {
-                if len != r.end - r.start + 1 {
+            if let Some(cl) = content_length {
+                if cl != len {
                     return Err(RegistryError::UploadInvalid(format!(
-                        "Content-Range covers {} bytes but Content-Length is {len}",
-                        r.end - r.start + 1
+                        "Content-Range covers {len} bytes but Content-Length is {cl}"
                     )));
                 }
             }
+            // A chunked body must carry exactly the declared range, or the chunk is refused.
+            body = exact_len(body, len);
         }
         let mut hasher = self.hasher_at(&mut st, id, offset).await?;
         match self.store.append(id, offset, body, &mut hasher).await {

@@ -2,11 +2,20 @@
 
 use crate::error::ApiError;
 use crate::AppState;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use berth_oci::platform::{ClientRule, Host, Isolation, Platform};
 use berth_oci::{ErrorCode, Reference, RepoName};
 use serde::Deserialize;
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::oci(
+        ErrorCode::Unsupported,
+        format!("invalid query: {}", e.body_text()),
+    )
+    .status(axum::http::StatusCode::BAD_REQUEST)
+}
 
 /// `?repository=&reference=`
 #[derive(Deserialize)]
@@ -19,19 +28,16 @@ fn target(repo: &str, reference: &str) -> Result<(RepoName, Reference), ApiError
     let name: RepoName = repo
         .parse()
         .map_err(|e: berth_oci::NameError| ApiError::oci(ErrorCode::NameInvalid, e.to_string()))?;
-    let r: Reference = reference
-        .parse()
-        .map_err(|e: berth_oci::reference::ReferenceError| {
-            ApiError::oci(ErrorCode::ManifestInvalid, e.to_string())
-        })?;
+    let r: Reference = super::reference(reference)?;
     Ok((name, r))
 }
 
 /// `GET /berth/v1/inspect?repository=R&reference=T`: the tag's variant table.
 pub async fn inspect(
     State(st): State<AppState>,
-    Query(q): Query<InspectQuery>,
+    q: Result<Query<InspectQuery>, QueryRejection>,
 ) -> Result<Json<crate::registry::Inspection>, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
     let (name, r) = target(&q.repository, &q.reference)?;
     Ok(Json(st.registry.inspect(name.as_str(), &r).await?))
 }
@@ -54,8 +60,9 @@ pub struct ResolveQuery {
 /// `GET /berth/v1/resolve`: which manifest this host would pull, and why.
 pub async fn resolve(
     State(st): State<AppState>,
-    Query(q): Query<ResolveQuery>,
+    q: Result<Query<ResolveQuery>, QueryRejection>,
 ) -> Result<Json<crate::registry::ResolveAnswer>, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
     let (name, r) = target(&q.repository, &q.reference)?;
     let mut platform: Platform =
         q.platform

@@ -74,12 +74,50 @@ pub async fn tags(st: &AppState, name: RepoName, req: Request<Body>) -> Result<R
 
 /// Repositories that hold at least one manifest, sorted.
 pub async fn catalog(State(st): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {
+    let rules = match &st.auth {
+        Some(a) => {
+            let caller = a.check(req.headers(), &crate::auth::Need::Catalog)?;
+            let p = a.principal(&caller).await?;
+            Some((
+                a.authorizer
+                    .rules(&p.unwrap_or(berth_auth::Principal::Anonymous))
+                    .await?,
+                caller,
+            ))
+        }
+        None => None,
+    };
     let q = query_pairs(&req);
     let n = page_size(&q)?;
     if n == 0 {
         return Ok(page(vec![], 0, "", "repositories", None));
     }
-    let last = query_get(&q, "last");
-    let repos = st.registry.meta.list_repos(last, n + 1).await?;
+    let mut last = query_get(&q, "last").map(str::to_owned);
+    let mut repos = Vec::new();
+    // Only what the caller may pull is listed: filter page by page until n+1 are found.
+    loop {
+        let batch = st
+            .registry
+            .meta
+            .list_repos(last.as_deref(), 1000.max(n + 1))
+            .await?;
+        let done = (batch.len() as i64) < 1000.max(n + 1);
+        last = batch.last().cloned();
+        for r in batch {
+            let visible = match (&rules, &st.auth) {
+                (Some((rules, caller)), Some(a)) => {
+                    berth_auth::scope::covers(&rules.allowed(&r), berth_auth::Action::Pull)
+                        || a.may(caller, &r, berth_auth::Action::Pull)
+                }
+                _ => true,
+            };
+            if visible {
+                repos.push(r);
+            }
+        }
+        if done || repos.len() as i64 > n {
+            break;
+        }
+    }
     Ok(page(repos, n, "/v2/_catalog", "repositories", None))
 }

@@ -4,19 +4,23 @@
 //! route and [`OciPath::parse`] reads the path from the right, where the reference, digest and
 //! upload id never contain `/`. Routes call `registry`; `registry` never calls routes.
 
+pub mod admin;
 pub mod api;
 mod blobs;
 mod catalog;
 mod manifests;
 mod referrers;
+pub mod token;
 mod uploads;
 
+use crate::auth::{Caller, Need};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_auth::Action;
 use berth_oci::{Digest, ErrorCode, Reference, RepoName};
 use uuid::Uuid;
 
@@ -80,7 +84,7 @@ pub fn digest(s: &str) -> Result<Digest, ApiError> {
         .map_err(|e: berth_oci::DigestError| ApiError::oci(ErrorCode::DigestInvalid, e.to_string()))
 }
 
-fn reference(s: &str) -> Result<Reference, ApiError> {
+pub(crate) fn reference(s: &str) -> Result<Reference, ApiError> {
     s.parse().map_err(|e| match e {
         berth_oci::reference::ReferenceError::Digest(d) => {
             ApiError::oci(ErrorCode::DigestInvalid, d.to_string())
@@ -144,13 +148,33 @@ fn unsupported() -> ApiError {
     )
 }
 
-/// `GET /v2/`: the API version check.
-pub async fn base() -> Response {
-    (
+/// `GET /v2/`: the API version check (and, under token auth, the login probe).
+pub async fn base(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(a) = &st.auth {
+        a.check(&headers, &Need::Base)?;
+    }
+    Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         "{}",
     )
-        .into_response()
+        .into_response())
+}
+
+/// What a request on `path` with `method` needs.
+fn need(method: &Method, path: &OciPath) -> Need {
+    let (repo, action) = match path {
+        OciPath::Manifest { name, .. } | OciPath::Blob { name, .. } => (
+            name,
+            match *method {
+                Method::PUT | Method::POST | Method::PATCH => Action::Push,
+                Method::DELETE => Action::Delete,
+                _ => Action::Pull,
+            },
+        ),
+        OciPath::UploadStart { name } | OciPath::Upload { name, .. } => (name, Action::Push),
+        OciPath::Tags { name } | OciPath::Referrers { name, .. } => (name, Action::Pull),
+    };
+    Need::Repo(repo.as_str().to_owned(), action)
 }
 
 /// Every `/v2/<name>/...` request.
@@ -161,6 +185,10 @@ pub async fn dispatch(
 ) -> Result<Response, ApiError> {
     let path = OciPath::parse(&rest)?;
     let method = req.method().clone();
+    let caller = match &st.auth {
+        Some(a) => a.check(req.headers(), &need(&method, &path))?,
+        None => Caller::Open,
+    };
     match (method, path) {
         (Method::GET | Method::HEAD, OciPath::Manifest { name, reference }) => {
             manifests::get(&st, name, reference, req).await
@@ -175,7 +203,9 @@ pub async fn dispatch(
             blobs::get(&st, name, digest, req).await
         }
         (Method::DELETE, OciPath::Blob { name, digest }) => blobs::delete(&st, name, digest).await,
-        (Method::POST, OciPath::UploadStart { name }) => uploads::start(&st, name, req).await,
+        (Method::POST, OciPath::UploadStart { name }) => {
+            uploads::start(&st, name, &caller, req).await
+        }
         (Method::GET, OciPath::Upload { name, id }) => uploads::status(&st, name, &id).await,
         (Method::PATCH, OciPath::Upload { name, id }) => uploads::patch(&st, name, &id, req).await,
         (Method::PUT, OciPath::Upload { name, id }) => uploads::put(&st, name, &id, req).await,

@@ -1,6 +1,7 @@
 //! Blob uploads (spec end-4a/4b/5/6/11/13/14): POST, PATCH, GET status, PUT, DELETE.
 
 use super::{body_stream, content_length, digest, header_str, query_get, query_pairs, upload_id};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::registry::{upload_range, ChunkRange, UploadStatus};
 use crate::AppState;
@@ -48,14 +49,21 @@ fn created(name: &RepoName, d: &berth_oci::Digest) -> Response {
 pub async fn start(
     st: &AppState,
     name: RepoName,
+    caller: &Caller,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let q = query_pairs(&req);
     if let Some(m) = query_get(&q, "mount") {
         let d = digest(m)?;
         if let Some(from) = query_get(&q, "from") {
-            // An invalid source name simply cannot hold the blob: fall back to an upload.
-            if let Ok(from) = from.parse::<RepoName>() {
+            // An invalid source name simply cannot hold the blob, and a mount also needs pull
+            // on the source: in both cases fall back to an upload.
+            let may = |f: &RepoName| {
+                st.auth
+                    .as_ref()
+                    .is_none_or(|a| a.may(caller, f.as_str(), berth_auth::Action::Pull))
+            };
+            if let Some(from) = from.parse::<RepoName>().ok().filter(may) {
                 if st
                     .registry
                     .mount_blob(name.as_str(), &d, from.as_str())
@@ -121,9 +129,12 @@ pub async fn patch(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let id = upload_id(id)?;
-    let range = header_str(req.headers(), "content-range")
-        .map(chunk_range)
-        .transpose()?;
+    let range = match req.headers().get("content-range") {
+        None => None,
+        Some(v) => Some(chunk_range(v.to_str().map_err(|_| {
+            ApiError::oci(ErrorCode::BlobUploadInvalid, "Content-Range is not ASCII")
+        })?)?),
+    };
     let len = content_length(req.headers());
     let s = st
         .registry

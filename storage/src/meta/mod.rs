@@ -1,8 +1,11 @@
 //! Metadata through sqlx: repositories, blobs and their links, manifests, tags, uploads.
 //!
-//! Every SQL statement of berth lives in this module. The SQL is kept portable (numbered
+//! Every SQL statement of berth lives in this module (`auth` holds the access-control tables). The SQL is kept portable (numbered
 //! `$n` parameters, `ON CONFLICT`, no SQLite-only functions) so the PostgreSQL backend can
 //! share it. SQLite runs in WAL mode with one writer connection and a pool of readers.
+
+mod auth;
+pub use auth::{Permission, Robot, User};
 
 use crate::{now_secs, Error, Result};
 use berth_oci::Digest;
@@ -109,6 +112,64 @@ pub struct UploadRow {
     pub size: u64,
 }
 
+/// A write transaction on the single writer connection.
+///
+/// Transactions are opened with `BEGIN IMMEDIATE` and closed with plain SQL rather than
+/// sqlx's `Transaction`: when SQLite rolls a transaction back by itself (SQLITE_FULL does),
+/// sqlx's own bookkeeping still believes it is open, and every later `begin()` would become a
+/// SAVEPOINT inside a transaction that never commits, acknowledging writes it never makes.
+/// A transaction that did not commit closes its connection, so no unknown state is reused.
+struct WriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    committed: bool,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<Self> {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        Ok(Self {
+            conn,
+            committed: false,
+        })
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        match sqlx::query("COMMIT").execute(&mut *self.conn).await {
+            Ok(_) => {
+                self.committed = true;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Closing a SQLite connection discards its open transaction.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
 /// The metadata store.
 #[derive(Debug, Clone)]
 pub struct Meta {
@@ -200,7 +261,7 @@ impl Meta {
         size: u64,
         upload: Option<Uuid>,
     ) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = WriteTx::begin(&self.write).await?;
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
         let now = now_secs();
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
@@ -227,7 +288,7 @@ impl Meta {
 
     /// Links an existing blob to `repo` (cross-repository mount). False if the blob is unknown.
     pub async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = WriteTx::begin(&self.write).await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
             .bind(digest.as_str())
             .fetch_optional(&mut *tx)
@@ -267,7 +328,7 @@ impl Meta {
         m: &NewManifest<'_>,
         tags: &[String],
     ) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = WriteTx::begin(&self.write).await?;
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
         let now = now_secs();
         sqlx::query(
@@ -416,7 +477,7 @@ impl Meta {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<Vec<String>>> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = WriteTx::begin(&self.write).await?;
         let repo_id: Option<i64> =
             sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
                 .bind(repo)
@@ -584,7 +645,7 @@ impl Meta {
 
     /// Records a new upload session.
     pub async fn create_upload(&self, id: Uuid, repo: &str) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = WriteTx::begin(&self.write).await?;
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
         let now = now_secs();
         sqlx::query("INSERT INTO uploads (id, repo_id, size, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)")

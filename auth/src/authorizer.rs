@@ -1,0 +1,243 @@
+//! Who is asking, and what they may do: credentials are checked against users and robots,
+//! and permission rules (principal × repository pattern × actions) decide the grant.
+
+use crate::password;
+use crate::scope::{Access, Action, Scope};
+use berth_oci::RepoPattern;
+use berth_storage::meta::{Meta, Permission};
+use std::collections::BTreeSet;
+
+/// The prefix of robot account names.
+pub const ROBOT_PREFIX: &str = "robot$";
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No credentials.
+    Anonymous,
+    /// A user.
+    User {
+        /// Name.
+        name: String,
+        /// Admin: everything.
+        admin: bool,
+        /// Group memberships.
+        groups: Vec<String>,
+    },
+    /// A robot account.
+    Robot {
+        /// Name without `robot$`.
+        name: String,
+    },
+}
+
+impl Principal {
+    /// The token subject.
+    pub fn subject(&self) -> String {
+        match self {
+            Principal::Anonymous => String::new(),
+            Principal::User { name, .. } => name.clone(),
+            Principal::Robot { name } => format!("{ROBOT_PREFIX}{name}"),
+        }
+    }
+
+    fn rule_keys(&self) -> Vec<String> {
+        let mut keys = vec!["anonymous".to_owned()];
+        match self {
+            Principal::Anonymous => {}
+            Principal::User { name, groups, .. } => {
+                keys.push(format!("user:{name}"));
+                keys.extend(groups.iter().map(|g| format!("group:{g}")));
+            }
+            Principal::Robot { name } => keys.push(format!("robot:{name}")),
+        }
+        keys
+    }
+}
+
+/// The rules that apply to one principal, loaded once.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    admin: bool,
+    rules: Vec<(RepoPattern, BTreeSet<Action>)>,
+}
+
+impl Rules {
+    /// Actions allowed on `repo`.
+    pub fn allowed(&self, repo: &str) -> BTreeSet<Action> {
+        if self.admin {
+            return [Action::All].into();
+        }
+        let mut out = BTreeSet::new();
+        for (p, a) in &self.rules {
+            if p.matches(repo) {
+                out.extend(a.iter().copied());
+            }
+        }
+        out
+    }
+
+    /// Whether the principal is an admin.
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+}
+
+/// Checks credentials and computes grants.
+#[derive(Clone)]
+pub struct Authorizer {
+    meta: Meta,
+    anonymous_pull: Vec<RepoPattern>,
+}
+
+impl Authorizer {
+    /// An authorizer over the metadata, with the configured public patterns.
+    pub fn new(meta: Meta, anonymous_pull: Vec<RepoPattern>) -> Self {
+        Self {
+            meta,
+            anonymous_pull,
+        }
+    }
+
+    /// Checks a username and password (or `robot$name` and secret). `None` when they are
+    /// wrong, the account is unknown or the robot expired. argon2 runs on a blocking thread.
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        secret: &str,
+    ) -> berth_storage::Result<Option<Principal>> {
+        if let Some(robot) = username.strip_prefix(ROBOT_PREFIX) {
+            let Some(r) = self.meta.robot(robot).await? else {
+                return Ok(None);
+            };
+            if r.expires_at.is_some_and(|e| e <= berth_storage::now_secs()) {
+                return Ok(None);
+            }
+            let ok = verify_blocking(secret.to_owned(), r.secret_hash).await;
+            return Ok(ok.then(|| Principal::Robot {
+                name: robot.to_owned(),
+            }));
+        }
+        let Some(u) = self.meta.user(username).await? else {
+            // Spend the same time as a real check so names cannot be probed by timing.
+            let _ = verify_blocking(secret.to_owned(), dummy_hash()).await;
+            return Ok(None);
+        };
+        let ok = verify_blocking(secret.to_owned(), u.password_hash).await;
+        Ok(ok.then_some(Principal::User {
+            name: u.name,
+            admin: u.admin,
+            groups: u.groups,
+        }))
+    }
+
+    /// The principal a token subject names, if it still exists (refresh tokens).
+    pub async fn principal(&self, sub: &str) -> berth_storage::Result<Option<Principal>> {
+        if sub.is_empty() {
+            return Ok(Some(Principal::Anonymous));
+        }
+        if let Some(robot) = sub.strip_prefix(ROBOT_PREFIX) {
+            let r = self.meta.robot(robot).await?;
+            return Ok(r
+                .filter(|r| r.expires_at.is_none_or(|e| e > berth_storage::now_secs()))
+                .map(|_| Principal::Robot {
+                    name: robot.to_owned(),
+                }));
+        }
+        Ok(self.meta.user(sub).await?.map(|u| Principal::User {
+            name: u.name,
+            admin: u.admin,
+            groups: u.groups,
+        }))
+    }
+
+    /// Loads the rules for a principal.
+    pub async fn rules(&self, p: &Principal) -> berth_storage::Result<Rules> {
+        let rows: Vec<Permission> = self.meta.permissions(&p.rule_keys()).await?;
+        let mut rules: Vec<(RepoPattern, BTreeSet<Action>)> = self
+            .anonymous_pull
+            .iter()
+            .map(|pat| (pat.clone(), [Action::Pull].into()))
+            .collect();
+        rules.extend(
+            rows.into_iter()
+                .map(|r| (RepoPattern::new(r.pattern), Action::parse_list(&r.actions))),
+        );
+        Ok(Rules {
+            admin: matches!(p, Principal::User { admin: true, .. }),
+            rules,
+        })
+    }
+
+    /// Whether anonymous callers may pull `repo` (no token needed).
+    pub fn public(&self, repo: &str) -> bool {
+        self.anonymous_pull.iter().any(|p| p.matches(repo))
+    }
+
+    /// The intersection of what was asked and what is allowed. Scopes with nothing granted
+    /// are left out; asking is never an error.
+    pub async fn grant(
+        &self,
+        p: &Principal,
+        scopes: &[Scope],
+    ) -> berth_storage::Result<Vec<Access>> {
+        let rules = self.rules(p).await?;
+        let mut out: Vec<Access> = Vec::new();
+        for s in scopes {
+            let granted: Vec<String> = match s.kind.as_str() {
+                "repository" => {
+                    let allowed = rules.allowed(&s.name);
+                    s.actions
+                        .iter()
+                        .filter_map(|a| Action::parse(a).map(|x| (a, x)))
+                        .filter(|(_, x)| crate::scope::covers(&allowed, *x))
+                        .map(|(a, _)| a.clone())
+                        .collect()
+                }
+                // Anyone authenticated may list the catalog; the list itself is filtered.
+                "registry" if s.name == "catalog" && !matches!(p, Principal::Anonymous) => s
+                    .actions
+                    .iter()
+                    .filter(|a| a.as_str() == "*")
+                    .cloned()
+                    .collect(),
+                _ => vec![],
+            };
+            if granted.is_empty() {
+                continue;
+            }
+            match out
+                .iter_mut()
+                .find(|a| a.kind == s.kind && a.name == s.name)
+            {
+                Some(a) => {
+                    for g in granted {
+                        if !a.actions.contains(&g) {
+                            a.actions.push(g);
+                        }
+                    }
+                }
+                None => out.push(Access {
+                    kind: s.kind.clone(),
+                    name: s.name.clone(),
+                    actions: granted,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A real argon2 hash of a throwaway password, made once, to spend time on unknown users.
+fn dummy_hash() -> String {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| password::hash("berth-dummy-password").unwrap_or_default())
+        .clone()
+}
+
+async fn verify_blocking(secret: String, hash: String) -> bool {
+    // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
+    tokio::task::spawn_blocking(move || password::verify(&secret, &hash))
+        .await
+        .unwrap_or(false)
+}

@@ -1,0 +1,266 @@
+//! The admin JSON API under `/berth/v1/`: users, robots and permission rules. Admins only
+//! (Basic credentials or a berth token of an admin user); open when auth is off.
+
+use crate::accounts;
+use crate::auth::basic_credentials;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_auth::Principal;
+use berth_oci::ErrorCode;
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+
+async fn require_admin(
+    st: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    let Some(a) = st.auth.as_deref() else {
+        return Ok(());
+    };
+    let unauthorized = || {
+        ApiError::oci(ErrorCode::Unauthorized, "admin credentials required").header(
+            "www-authenticate",
+            format!("Basic realm=\"{}\"", a.cfg.service),
+        )
+    };
+    let principal = if let Some(creds) = basic_credentials(headers) {
+        let Ok((u, p)) = creds else {
+            return Err(unauthorized());
+        };
+        if let Some(wait) = a.throttled(peer.ip()) {
+            return Err(crate::auth::too_many(wait));
+        }
+        match a.authorizer.authenticate(&u, &p).await? {
+            Some(p) => p,
+            None => {
+                a.failed(peer.ip());
+                return Err(unauthorized());
+            }
+        }
+    } else {
+        let caller = a
+            .check(headers, &crate::auth::Need::Base)
+            .map_err(|_| unauthorized())?;
+        a.principal(&caller).await?.ok_or_else(unauthorized)?
+    };
+    match principal {
+        Principal::User { admin: true, .. } => Ok(()),
+        _ => Err(ApiError::oci(ErrorCode::Denied, "admin rights required")),
+    }
+}
+
+fn bad(e: anyhow::Error) -> ApiError {
+    ApiError::oci(ErrorCode::Unsupported, format!("{e:#}")).status(StatusCode::BAD_REQUEST)
+}
+
+fn not_found(what: &str) -> ApiError {
+    ApiError::oci(ErrorCode::NameUnknown, format!("{what} not found")).status(StatusCode::NOT_FOUND)
+}
+
+/// `GET /berth/v1/users`
+pub async fn list_users(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    let users = st.registry.meta.users().await?;
+    let out: Vec<_> = users
+        .into_iter()
+        .map(|u| json!({"name": u.name, "admin": u.admin, "groups": u.groups}))
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+/// Body of `POST /berth/v1/users`.
+#[derive(Deserialize)]
+pub struct NewUser {
+    name: String,
+    password: String,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// `POST /berth/v1/users`
+pub async fn create_user(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Json(u): Json<NewUser>,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    accounts::add_user(&st.registry.meta, &u.name, &u.password, u.admin, &u.groups)
+        .await
+        .map_err(bad)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": u.name, "admin": u.admin, "groups": u.groups})),
+    )
+        .into_response())
+}
+
+/// Body of `PUT /berth/v1/users/{name}`.
+#[derive(Deserialize)]
+pub struct Passwd {
+    password: String,
+}
+
+/// `PUT /berth/v1/users/{name}`: new password.
+pub async fn update_user(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    Json(p): Json<Passwd>,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    if accounts::set_password(&st.registry.meta, &name, &p.password)
+        .await
+        .map_err(bad)?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found("user"))
+    }
+}
+
+/// `DELETE /berth/v1/users/{name}`
+pub async fn delete_user(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    if st.registry.meta.delete_user(&name).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found("user"))
+    }
+}
+
+/// `GET /berth/v1/robots`
+pub async fn list_robots(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    let out: Vec<_> = st
+        .registry
+        .meta
+        .robots()
+        .await?
+        .into_iter()
+        .map(|r| json!({"name": format!("robot${}", r.name), "expires_at": r.expires_at}))
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+/// Body of `POST /berth/v1/robots`.
+#[derive(Deserialize)]
+pub struct NewRobot {
+    name: String,
+    #[serde(default)]
+    allow: Vec<String>,
+    /// `90d`, `12h`, ...
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+/// `POST /berth/v1/robots`: the secret is in this answer and nowhere else.
+pub async fn create_robot(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Json(r): Json<NewRobot>,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    let expires = r
+        .expires
+        .as_deref()
+        .map(accounts::parse_duration)
+        .transpose()
+        .map_err(bad)?;
+    let secret = accounts::create_robot(&st.registry.meta, &r.name, &r.allow, expires)
+        .await
+        .map_err(bad)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": format!("robot${}", r.name), "secret": secret})),
+    )
+        .into_response())
+}
+
+/// `DELETE /berth/v1/robots/{name}`
+pub async fn delete_robot(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    let name = name.strip_prefix("robot$").unwrap_or(&name).to_owned();
+    if st.registry.meta.delete_robot(&name).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found("robot"))
+    }
+}
+
+/// `GET /berth/v1/permissions`
+pub async fn list_permissions(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    let out: Vec<_> = st
+        .registry
+        .meta
+        .permissions(&[])
+        .await?
+        .into_iter()
+        .map(|p| json!({"id": p.id, "principal": p.principal, "pattern": p.pattern, "actions": p.actions}))
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+/// Body of `POST /berth/v1/permissions`.
+#[derive(Deserialize)]
+pub struct NewPermission {
+    principal: String,
+    pattern: String,
+    actions: String,
+}
+
+/// `POST /berth/v1/permissions`
+pub async fn create_permission(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Json(p): Json<NewPermission>,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    let ok = p.principal == "anonymous"
+        || ["user:", "group:", "robot:"]
+            .iter()
+            .any(|k| p.principal.starts_with(k));
+    if !ok {
+        return Err(bad(anyhow::anyhow!(
+            "principal must be user:NAME, group:NAME, robot:NAME or anonymous"
+        )));
+    }
+    accounts::grant(&st.registry.meta, &p.principal, &p.pattern, &p.actions)
+        .await
+        .map_err(bad)?;
+    Ok(StatusCode::CREATED.into_response())
+}

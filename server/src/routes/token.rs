@@ -1,0 +1,230 @@
+//! The token endpoint of the Docker registry token flow (`/auth/token`, GET and the OAuth2
+//! POST form) and the public keys (`/auth/jwks.json`).
+
+use super::query_pairs;
+use crate::auth::{bad_credentials, basic_credentials, too_many, AuthState};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_auth::{Principal, Scope};
+use berth_oci::ErrorCode;
+use serde_json::json;
+use std::net::SocketAddr;
+
+fn auth_state(st: &AppState) -> Result<&AuthState, ApiError> {
+    st.auth.as_deref().ok_or_else(|| {
+        ApiError::oci(
+            ErrorCode::Unsupported,
+            "token authentication is not enabled",
+        )
+        .status(StatusCode::NOT_FOUND)
+    })
+}
+
+/// RFC 3339 in UTC from Unix seconds.
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+async fn issue(
+    a: &AuthState,
+    p: &Principal,
+    scopes: &[Scope],
+    offline: bool,
+) -> Result<Response, ApiError> {
+    let access = a.authorizer.grant(p, scopes).await?;
+    let granted: Vec<String> = access
+        .iter()
+        .map(|x| format!("{}:{}:{}", x.kind, x.name, x.actions.join(",")))
+        .collect();
+    let ttl = a.cfg.token_ttl_secs as i64;
+    let (token, claims) = a
+        .keys
+        .issue(&p.subject(), &a.cfg.service, access, ttl, false)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut body = json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": ttl,
+        "issued_at": rfc3339(claims.iat),
+        "scope": granted.join(" "),
+    });
+    if offline && !matches!(p, Principal::Anonymous) {
+        let (refresh, _) = a
+            .keys
+            .issue(
+                &p.subject(),
+                &a.cfg.service,
+                vec![],
+                a.cfg.refresh_ttl_secs as i64,
+                true,
+            )
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        body["refresh_token"] = json!(refresh);
+    }
+    tracing::info!(user = %p.subject(), scopes = ?granted, "token issued");
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+fn check_service(a: &AuthState, service: Option<&str>) -> Result<(), ApiError> {
+    match service {
+        Some(s) if !s.is_empty() && s != a.cfg.service => Err(ApiError::oci(
+            ErrorCode::Unsupported,
+            format!("unknown service {s:?}"),
+        )
+        .status(StatusCode::BAD_REQUEST)),
+        _ => Ok(()),
+    }
+}
+
+async fn login(
+    a: &AuthState,
+    ip: std::net::IpAddr,
+    user: &str,
+    pass: &str,
+) -> Result<Principal, ApiError> {
+    if let Some(wait) = a.throttled(ip) {
+        return Err(too_many(wait));
+    }
+    match a.authorizer.authenticate(user, pass).await? {
+        Some(p) => Ok(p),
+        None => {
+            a.failed(ip);
+            tracing::info!(user = user, client.ip = %ip, "failed login");
+            Err(bad_credentials())
+        }
+    }
+}
+
+/// `GET /auth/token?service=&scope=...[&offline_token=true]` with optional Basic credentials.
+pub async fn get_token(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let a = auth_state(&st)?;
+    let q = query_pairs(&req);
+    let get = |k: &str| q.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+    check_service(a, get("service"))?;
+    let scopes = Scope::parse_all(
+        q.iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str()),
+    );
+    let principal = match basic_credentials(req.headers()) {
+        None => Principal::Anonymous,
+        Some(Err(())) => {
+            a.failed(peer.ip());
+            return Err(bad_credentials());
+        }
+        Some(Ok((u, p))) => login(a, peer.ip(), &u, &p).await?,
+    };
+    issue(a, &principal, &scopes, get("offline_token") == Some("true")).await
+}
+
+/// `POST /auth/token` (form): the OAuth2 password and refresh_token grants docker sends.
+pub async fn post_token(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let a = auth_state(&st)?;
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+    check_service(a, get("service"))?;
+    let scopes = Scope::parse_all(
+        form.iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str()),
+    );
+    let offline = get("access_type") == Some("offline");
+    let principal = match get("grant_type") {
+        Some("password") => {
+            let (Some(u), Some(p)) = (get("username"), get("password")) else {
+                return Err(bad_credentials());
+            };
+            login(a, peer.ip(), u, p).await?
+        }
+        Some("refresh_token") => {
+            let Some(t) = get("refresh_token") else {
+                return Err(bad_credentials());
+            };
+            if let Some(wait) = a.throttled(peer.ip()) {
+                return Err(too_many(wait));
+            }
+            let claims = match a.keys.verify(t, &a.cfg.service, true) {
+                Ok(c) => c,
+                Err(_) => {
+                    a.failed(peer.ip());
+                    return Err(ApiError::oci(
+                        ErrorCode::Unauthorized,
+                        "invalid refresh token",
+                    ));
+                }
+            };
+            match a.authorizer.principal(&claims.sub).await? {
+                Some(p) => p,
+                None => {
+                    return Err(ApiError::oci(
+                        ErrorCode::Unauthorized,
+                        "the account no longer exists",
+                    ))
+                }
+            }
+        }
+        other => {
+            return Err(ApiError::oci(
+                ErrorCode::Unsupported,
+                format!("unsupported grant_type {:?}", other.unwrap_or("")),
+            )
+            .status(StatusCode::BAD_REQUEST))
+        }
+    };
+    let mut resp = issue(a, &principal, &scopes, offline).await?;
+    if offline && get("grant_type") == Some("refresh_token") {
+        // The refresh token stays valid; docker keeps the one it has.
+        *resp.status_mut() = StatusCode::OK;
+    }
+    Ok(resp)
+}
+
+/// `GET /auth/jwks.json`: the keys berth signs with.
+pub async fn jwks(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let a = auth_state(&st)?;
+    Ok(Json(a.keys.jwks()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_910_400), "2026-11-28T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,240 @@
+//! Access-control tables: users, groups, robots and permission rules. No policy here: the
+//! `berth-auth` crate decides what the rows mean.
+
+use super::{Meta, WriteTx};
+use crate::{now_secs, Result};
+use sqlx::Row;
+
+/// A user row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// argon2 PHC string.
+    pub password_hash: String,
+    /// Admins may do everything.
+    pub admin: bool,
+    /// Groups the user belongs to.
+    pub groups: Vec<String>,
+}
+
+/// A robot account row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Robot {
+    /// Name without the `robot$` prefix.
+    pub name: String,
+    /// argon2 PHC string of the secret.
+    pub secret_hash: String,
+    /// Unix seconds after which the robot is refused.
+    pub expires_at: Option<i64>,
+}
+
+/// A permission rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    /// Row id.
+    pub id: i64,
+    /// `user:NAME`, `group:NAME`, `robot:NAME` or `anonymous`.
+    pub principal: String,
+    /// Repository pattern.
+    pub pattern: String,
+    /// Comma-separated actions.
+    pub actions: String,
+}
+
+impl Meta {
+    /// Creates or replaces a user (and its group memberships).
+    pub async fn put_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        admin: bool,
+        groups: &[String],
+    ) -> Result<()> {
+        let mut tx = WriteTx::begin(&self.write).await?;
+        sqlx::query(
+            "INSERT INTO users (name, password_hash, admin, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash, admin = excluded.admin",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .bind(admin)
+        .bind(now_secs())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM group_members WHERE user_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        for g in groups {
+            sqlx::query("INSERT INTO group_members (group_name, user_name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(g)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes a password. False if there is no such user.
+    pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE users SET password_hash = $2 WHERE name = $1")
+            .bind(name)
+            .bind(password_hash)
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// A user with its groups.
+    pub async fn user(&self, name: &str) -> Result<Option<User>> {
+        let row = sqlx::query("SELECT password_hash, admin FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let groups: Vec<String> = sqlx::query_scalar(
+            "SELECT group_name FROM group_members WHERE user_name = $1 ORDER BY group_name",
+        )
+        .bind(name)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(Some(User {
+            name: name.to_owned(),
+            password_hash: row.get(0),
+            admin: row.get(1),
+            groups,
+        }))
+    }
+
+    /// All users, by name (hashes included; callers must not print them).
+    pub async fn users(&self) -> Result<Vec<User>> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM users ORDER BY name")
+            .fetch_all(&self.read)
+            .await?;
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(u) = self.user(&n).await? {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a user, its memberships and its rules. False if there was none.
+    pub async fn delete_user(&self, name: &str) -> Result<bool> {
+        let mut tx = WriteTx::begin(&self.write).await?;
+        let r = sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM group_members WHERE user_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM permissions WHERE principal = $1")
+            .bind(format!("user:{name}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Creates a robot. False if the name is taken.
+    pub async fn create_robot(
+        &self,
+        name: &str,
+        secret_hash: &str,
+        expires_at: Option<i64>,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO robots (name, secret_hash, expires_at, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(secret_hash)
+        .bind(expires_at)
+        .bind(now_secs())
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// A robot by name (without `robot$`).
+    pub async fn robot(&self, name: &str) -> Result<Option<Robot>> {
+        let row = sqlx::query("SELECT secret_hash, expires_at FROM robots WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| Robot {
+            name: name.to_owned(),
+            secret_hash: r.get(0),
+            expires_at: r.get(1),
+        }))
+    }
+
+    /// All robots.
+    pub async fn robots(&self) -> Result<Vec<Robot>> {
+        let rows = sqlx::query("SELECT name, secret_hash, expires_at FROM robots ORDER BY name")
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Robot {
+                name: r.get(0),
+                secret_hash: r.get(1),
+                expires_at: r.get(2),
+            })
+            .collect())
+    }
+
+    /// Deletes a robot and its rules.
+    pub async fn delete_robot(&self, name: &str) -> Result<bool> {
+        let mut tx = WriteTx::begin(&self.write).await?;
+        let r = sqlx::query("DELETE FROM robots WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM permissions WHERE principal = $1")
+            .bind(format!("robot:{name}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Adds a rule.
+    pub async fn add_permission(
+        &self,
+        principal: &str,
+        pattern: &str,
+        actions: &str,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO permissions (principal, pattern, actions, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(principal)
+            .bind(pattern)
+            .bind(actions)
+            .bind(now_secs())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Rules of any of `principals` (all rules when empty).
+    pub async fn permissions(&self, principals: &[String]) -> Result<Vec<Permission>> {
+        let rows =
+            sqlx::query("SELECT id, principal, pattern, actions FROM permissions ORDER BY id")
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Permission {
+                id: r.get(0),
+                principal: r.get(1),
+                pattern: r.get(2),
+                actions: r.get(3),
+            })
+            .filter(|p| principals.is_empty() || principals.contains(&p.principal))
+            .collect())
+    }
+}
