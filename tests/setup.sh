@@ -61,12 +61,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import pytest, requests, oras.provider, jwt, cryptography' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import pytest, requests, oras.provider, jwt, cryptography, moto.server' 2>/dev/null; then
     log "installing pytest requests oras pyjwt cryptography into $VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet pytest requests oras 'pyjwt[crypto]' cryptography
+    "$VENV/bin/pip" install --quiet pytest requests oras 'pyjwt[crypto]' cryptography 'moto[server]'
 fi
-"$VENV/bin/python" -c 'import pytest, requests, oras.provider, jwt, cryptography' || die "venv $VENV is broken"
+"$VENV/bin/python" -c 'import pytest, requests, oras.provider, jwt, cryptography, moto.server' || die "venv $VENV is broken"
 
 # ---------------------------------------------------------------- 3. dockerd
 docker_ok() { timeout 20 docker info >/dev/null 2>&1; }

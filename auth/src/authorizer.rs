@@ -185,6 +185,8 @@ impl Authorizer {
         let mut out: Vec<Access> = Vec::new();
         for s in scopes {
             let granted: Vec<String> = match s.kind.as_str() {
+                // A scope must name one repository: patterns are not names.
+                "repository" if s.name.parse::<berth_oci::RepoName>().is_err() => vec![],
                 "repository" => {
                     let allowed = rules.allowed(&s.name);
                     s.actions
@@ -192,7 +194,12 @@ impl Authorizer {
                         .filter_map(|a| Action::parse(a).map(|x| (a, x)))
                         .filter(|(_, x)| crate::scope::covers(&allowed, *x))
                         .map(|(a, _)| a.clone())
-                        .collect()
+                        .fold(Vec::new(), |mut v, a| {
+                            if !v.contains(&a) {
+                                v.push(a);
+                            }
+                            v
+                        })
                 }
                 // Anyone authenticated may list the catalog; the list itself is filtered.
                 "registry" if s.name == "catalog" && !matches!(p, Principal::Anonymous) => s

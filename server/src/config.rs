@@ -161,6 +161,49 @@ pub struct StorageConfig {
     /// fsync blob bytes before acknowledging them (default). `false` trades power-loss
     /// durability for speed on slow disks; a killed process still loses nothing.
     pub fsync: bool,
+    /// The S3 backend's settings (`backend = "s3"`).
+    pub s3: S3Config,
+}
+
+/// S3 backend settings. Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID /
+/// AWS_SECRET_ACCESS_KEY, profiles, instance roles), never from this file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Bucket.
+    pub bucket: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Region (else the AWS chain's).
+    pub region: Option<String>,
+    /// Endpoint URL for S3-compatible servers.
+    pub endpoint: Option<String>,
+    /// Path-style addressing.
+    pub force_path_style: bool,
+    /// Multipart part size in bytes (at least 5 MiB).
+    pub part_size: u64,
+    /// Redirect blob GETs to presigned URLs (else stream through berth).
+    pub redirect: bool,
+    /// Presigned URL lifetime.
+    pub presign_ttl_secs: u64,
+    /// Create the bucket at start when missing.
+    pub create_bucket: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            part_size: 16 << 20,
+            redirect: true,
+            presign_ttl_secs: 900,
+            create_bucket: false,
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -169,6 +212,7 @@ impl Default for StorageConfig {
             backend: Backend::Filesystem,
             delete_enabled: true,
             fsync: true,
+            s3: S3Config::default(),
         }
     }
 }
@@ -179,6 +223,8 @@ impl Default for StorageConfig {
 pub enum Backend {
     /// Files under `data_dir`.
     Filesystem,
+    /// An S3 bucket (`[storage.s3]`).
+    S3,
 }
 
 /// Request limits.
@@ -269,6 +315,18 @@ impl Config {
                 anyhow::bail!(
                     "invalid value for key \"auth.trust\": issuer {:?} needs jwks or public_key",
                     t.issuer
+                );
+            }
+        }
+        if self.storage.backend == Backend::S3 {
+            if self.storage.s3.bucket.is_empty() {
+                anyhow::bail!(
+                    "invalid value for key \"storage.s3.bucket\": required when backend = \"s3\""
+                );
+            }
+            if self.storage.s3.part_size < berth_storage::blob::s3::MIN_PART {
+                anyhow::bail!(
+                    "invalid value for key \"storage.s3.part_size\": at least 5 MiB (5242880)"
                 );
             }
         }

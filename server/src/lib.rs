@@ -132,8 +132,30 @@ pub fn init_logging(cfg: &Config) {
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let store =
-        FsStore::with_sync(&cfg.data_dir, cfg.storage.fsync).context("opening the blob store")?;
+    let store: Arc<dyn berth_storage::blob::BlobStore> = match cfg.storage.backend {
+        config::Backend::Filesystem => Arc::new(
+            FsStore::with_sync(&cfg.data_dir, cfg.storage.fsync)
+                .context("opening the blob store")?,
+        ),
+        config::Backend::S3 => {
+            let s = &cfg.storage.s3;
+            Arc::new(
+                berth_storage::blob::s3::S3Store::connect(berth_storage::blob::s3::S3Settings {
+                    bucket: s.bucket.clone(),
+                    prefix: s.prefix.clone(),
+                    region: s.region.clone(),
+                    endpoint: s.endpoint.clone(),
+                    force_path_style: s.force_path_style,
+                    part_size: s.part_size,
+                    redirect: s.redirect,
+                    presign_ttl: Duration::from_secs(s.presign_ttl_secs),
+                    create_bucket: s.create_bucket,
+                })
+                .await
+                .context("connecting to S3")?,
+            )
+        }
+    };
     let meta = Meta::open_sqlite(&cfg.data_dir.join("berth.db"))
         .await
         .context("opening the metadata database")?;
@@ -144,7 +166,7 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
         policies: registry::policy::Policies::new(cfg.validation.clone())
             .context("compiling validation rules")?,
     };
-    Ok(Arc::new(Registry::new(Arc::new(store), meta, settings)))
+    Ok(Arc::new(Registry::new(store, meta, settings)))
 }
 
 /// Runs the server until SIGINT or SIGTERM.

@@ -6,6 +6,8 @@
 
 pub mod blob;
 pub mod meta;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 use std::io;
 

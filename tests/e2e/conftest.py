@@ -14,6 +14,35 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BERTH_BIN = os.environ.get("BERTH_BIN", str(ROOT / "target" / "release" / "berth"))
+# BERTH_TEST_BACKEND=s3 runs the same tests with blobs in S3 (BERTH_TEST_S3_ENDPOINT names the
+# server; tests/run-all.sh starts moto). Each registry gets a bucket of its own.
+BACKEND = os.environ.get("BERTH_TEST_BACKEND", "filesystem")
+
+
+def backend_env():
+    if BACKEND != "s3":
+        return {}
+    import uuid
+
+    endpoint = os.environ["BERTH_TEST_S3_ENDPOINT"]
+    return {
+        "BERTH_STORAGE__BACKEND": "s3",
+        "BERTH_STORAGE__S3__BUCKET": "berth-" + uuid.uuid4().hex[:16],
+        "BERTH_STORAGE__S3__ENDPOINT": endpoint,
+        "BERTH_STORAGE__S3__REGION": "us-east-1",
+        "BERTH_STORAGE__S3__FORCE_PATH_STYLE": "true",
+        "BERTH_STORAGE__S3__CREATE_BUCKET": "true",
+        # Stream through berth so the API tests see berth's own headers; redirects have
+        # their own tests.
+        "BERTH_STORAGE__S3__REDIRECT": os.environ.get("BERTH_TEST_S3_REDIRECT", "false"),
+        "BERTH_STORAGE__S3__PART_SIZE": str(5 << 20),
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+    }
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fs_only: inspects the filesystem backend's files; not run on S3")
 
 
 class Berth:
@@ -41,6 +70,9 @@ class Berth:
             args += ["--config", str(cfg)]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        if not hasattr(self, "_backend_env"):
+            self._backend_env = backend_env()
+        env.update(self._backend_env)
         env.update(self.env)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
         deadline = time.time() + timeout

@@ -17,7 +17,7 @@ pub use uploads::{ChunkRange, UploadStatus};
 use berth_oci::manifest::{is_index_media_type, ManifestKind};
 use berth_oci::media_type::{self as mt};
 use berth_oci::{Digest, Manifest, Reference, Tag};
-use berth_storage::blob::{BlobBody, BlobStore, ByteRange};
+use berth_storage::blob::{BlobBody, BlobRef, BlobStore, ByteRange};
 use berth_storage::meta::{Meta, NewManifest, Referrer, StoredManifest};
 use cache::Cache;
 use std::sync::Arc;
@@ -77,17 +77,26 @@ impl Registry {
 
     // === blobs ===
 
-    /// Size of a blob visible in `repo`.
-    pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<u64> {
-        self.meta
-            .repo_blob_size(repo, digest)
+    /// Size and location of a blob visible in `repo`.
+    pub async fn blob(&self, repo: &str, digest: &Digest) -> Result<(u64, BlobRef)> {
+        let (size, location) = self
+            .meta
+            .repo_blob(repo, digest)
             .await?
-            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+        Ok((
+            size,
+            BlobRef {
+                digest: digest.clone(),
+                location,
+            },
+        ))
     }
 
     /// Streams a blob visible in `repo`.
-    pub async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobBody> {
-        match self.store.read(digest, range).await {
+    pub async fn read_blob(&self, blob: &BlobRef, range: Option<ByteRange>) -> Result<BlobBody> {
+        let digest = &blob.digest;
+        match self.store.read(blob, range).await {
             Ok(b) => Ok(b),
             Err(berth_storage::Error::NotFound) => {
                 tracing::error!(blob.digest = %digest, "blob in metadata but missing from the store");

@@ -105,11 +105,17 @@ fn platform_of(e: &IndexEntry) -> Option<Platform> {
 impl Registry {
     /// Reads a small blob whole (image configs).
     async fn read_small_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        match self.store.stat(digest).await? {
-            Some(n) if n <= MAX_CONFIG_BYTES => {}
-            _ => return Ok(None),
+        let Some((size, location)) = self.meta.blob(digest).await? else {
+            return Ok(None);
+        };
+        if size > MAX_CONFIG_BYTES {
+            return Ok(None);
         }
-        let body = match self.store.read(digest, None).await {
+        let blob = berth_storage::blob::BlobRef {
+            digest: digest.clone(),
+            location,
+        };
+        let body = match self.store.read(&blob, None).await {
             Ok(b) => b,
             Err(berth_storage::Error::NotFound) => return Ok(None),
             Err(e) => return Err(e.into()),

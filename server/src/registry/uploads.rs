@@ -7,7 +7,7 @@
 
 use super::{Registry, RegistryError, Result};
 use berth_oci::{Algorithm, Digest, Hasher};
-use berth_storage::blob::ByteStream;
+use berth_storage::blob::{BlobRef, ByteStream};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -243,8 +243,7 @@ impl Registry {
                 got,
             });
         }
-        self.store.commit(id, digest).await?;
-        self.meta.commit_blob(repo, digest, len, Some(id)).await?;
+        self.publish(repo, id, digest, len, Some(id)).await?;
         self.uploads.remove(id);
         tracing::info!(repo.name = repo, blob.digest = %digest, size_bytes = len, "blob stored");
         Ok(len)
@@ -275,10 +274,36 @@ impl Registry {
                 got,
             });
         }
-        self.store.commit(id, digest).await?;
-        self.meta.commit_blob(repo, digest, len, None).await?;
+        self.publish(repo, id, digest, len, None).await?;
         tracing::info!(repo.name = repo, blob.digest = %digest, size_bytes = len, "blob stored");
         Ok(len)
+    }
+
+    /// Makes a verified upload a blob: store first (durable), then metadata (visible).
+    async fn publish(
+        &self,
+        repo: &str,
+        id: Uuid,
+        digest: &Digest,
+        len: u64,
+        row: Option<Uuid>,
+    ) -> Result<()> {
+        let location = self.store.commit(id, digest).await?;
+        let recorded = self
+            .meta
+            .commit_blob(repo, digest, len, row, location.as_deref())
+            .await?;
+        if location.is_some() && recorded != location {
+            // Another upload of the same bytes was recorded first: drop ours.
+            let ours = BlobRef {
+                digest: digest.clone(),
+                location,
+            };
+            if let Err(e) = self.store.delete(&ours).await {
+                tracing::warn!(blob.digest = %digest, error = %e, "duplicate upload not removed");
+            }
+        }
+        Ok(())
     }
 
     /// Stores a small blob the registry itself knows the bytes of.

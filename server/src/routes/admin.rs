@@ -5,6 +5,7 @@ use crate::accounts;
 use crate::auth::basic_credentials;
 use crate::error::ApiError;
 use crate::AppState;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -55,6 +56,11 @@ async fn require_admin(
     }
 }
 
+/// Parses a JSON body after the caller was checked, with errors in the spec's format.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(anyhow::anyhow!("invalid JSON body: {e}")))
+}
+
 fn bad(e: anyhow::Error) -> ApiError {
     ApiError::oci(ErrorCode::Unsupported, format!("{e:#}")).status(StatusCode::BAD_REQUEST)
 }
@@ -94,9 +100,10 @@ pub async fn create_user(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
-    Json(u): Json<NewUser>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&st, &h, peer).await?;
+    let u: NewUser = json_body(&body)?;
     accounts::add_user(&st.registry.meta, &u.name, &u.password, u.admin, &u.groups)
         .await
         .map_err(bad)?;
@@ -119,9 +126,10 @@ pub async fn update_user(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     h: HeaderMap,
-    Json(p): Json<Passwd>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&st, &h, peer).await?;
+    let p: Passwd = json_body(&body)?;
     if accounts::set_password(&st.registry.meta, &name, &p.password)
         .await
         .map_err(bad)?
@@ -181,9 +189,10 @@ pub async fn create_robot(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
-    Json(r): Json<NewRobot>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&st, &h, peer).await?;
+    let r: NewRobot = json_body(&body)?;
     let expires = r
         .expires
         .as_deref()
@@ -247,9 +256,10 @@ pub async fn create_permission(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
-    Json(p): Json<NewPermission>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&st, &h, peer).await?;
+    let p: NewPermission = json_body(&body)?;
     let ok = p.principal == "anonymous"
         || ["user:", "group:", "robot:"]
             .iter()

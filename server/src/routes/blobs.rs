@@ -81,7 +81,7 @@ pub async fn get(
     digest: Digest,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let total = st.registry.blob_size(name.as_str(), &digest).await?;
+    let (total, blob) = st.registry.blob(name.as_str(), &digest).await?;
     let range = parse_range(header_str(req.headers(), "range"), total);
     let (status, part) = match range {
         RangeReq::Full => (StatusCode::OK, None),
@@ -114,7 +114,17 @@ pub async fn get(
             .body(Body::empty())
             .map_err(|e| ApiError::Internal(e.into()));
     }
-    let body = st.registry.read_blob(&digest, part).await?;
+    if let Some(url) = st.registry.store.redirect_url(&blob).await? {
+        // The client fetches the bytes from the store itself (Range included).
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, url)
+            .header("docker-content-digest", digest_header(&digest))
+            .header(header::CONTENT_LENGTH, 0)
+            .body(Body::empty())
+            .map_err(|e| ApiError::Internal(e.into()));
+    }
+    let body = st.registry.read_blob(&blob, part).await?;
     builder
         .body(Body::from_stream(body.stream))
         .map_err(|e| ApiError::Internal(e.into()))

@@ -15,7 +15,11 @@ fn upload_location(name: &RepoName, id: &uuid::Uuid) -> String {
 }
 
 fn accepted(name: &RepoName, s: UploadStatus) -> Response {
-    (
+    accepted_with(name, s, None)
+}
+
+fn accepted_with(name: &RepoName, s: UploadStatus, min_chunk: Option<u64>) -> Response {
+    let mut r = (
         StatusCode::ACCEPTED,
         [
             (header::LOCATION, upload_location(name, &s.id)),
@@ -27,7 +31,11 @@ fn accepted(name: &RepoName, s: UploadStatus) -> Response {
             (header::CONTENT_LENGTH, "0".to_owned()),
         ],
     )
-        .into_response()
+        .into_response();
+    if let Some(n) = min_chunk {
+        r.headers_mut().insert("oci-chunk-min-length", n.into());
+    }
+    r
 }
 
 fn created(name: &RepoName, d: &berth_oci::Digest) -> Response {
@@ -74,7 +82,11 @@ pub async fn start(
             }
         }
         let s = st.registry.start_upload(name.as_str()).await?;
-        return Ok(accepted(&name, s));
+        return Ok(accepted_with(
+            &name,
+            s,
+            st.registry.store.chunk_min_length(),
+        ));
     }
     if let Some(dg) = query_get(&q, "digest") {
         let d = digest(dg)?;
@@ -84,7 +96,11 @@ pub async fn start(
         return Ok(created(&name, &d));
     }
     let s = st.registry.start_upload(name.as_str()).await?;
-    Ok(accepted(&name, s))
+    Ok(accepted_with(
+        &name,
+        s,
+        st.registry.store.chunk_min_length(),
+    ))
 }
 
 /// GET: where the upload stands.

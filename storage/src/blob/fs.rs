@@ -4,7 +4,7 @@
 //! Durability: an upload becomes a blob by fsync of the file, rename into place and fsync of
 //! the directory, so after a crash a blob path holds either nothing or the whole verified blob.
 
-use super::{BlobBody, BlobStore, ByteRange, ByteStream};
+use super::{BlobBody, BlobRef, BlobStore, ByteRange, ByteStream};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use berth_oci::{Digest, Hasher};
@@ -112,16 +112,16 @@ fn file_stream(file: std::fs::File, len: u64) -> ByteStream {
 
 #[async_trait]
 impl BlobStore for FsStore {
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
-        match tokio::fs::metadata(self.blob_path(digest)).await {
+    async fn stat(&self, blob: &BlobRef) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(&blob.digest)).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobBody> {
-        let path = self.blob_path(digest);
+    async fn read(&self, blob: &BlobRef, range: Option<ByteRange>) -> Result<BlobBody> {
+        let path = self.blob_path(&blob.digest);
         tokio::task::spawn_blocking(move || -> Result<BlobBody> {
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
@@ -154,8 +154,8 @@ impl BlobStore for FsStore {
         .map_err(io_err)?
     }
 
-    async fn delete(&self, digest: &Digest) -> Result<()> {
-        match tokio::fs::remove_file(self.blob_path(digest)).await {
+    async fn delete(&self, blob: &BlobRef) -> Result<()> {
+        match tokio::fs::remove_file(self.blob_path(&blob.digest)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
@@ -282,11 +282,11 @@ impl BlobStore for FsStore {
         .map_err(io_err)?
     }
 
-    async fn commit(&self, id: Uuid, digest: &Digest) -> Result<()> {
+    async fn commit(&self, id: Uuid, digest: &Digest) -> Result<Option<String>> {
         let from = self.upload_path(id);
         let to = self.blob_path(digest);
         let sync = self.sync;
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        tokio::task::spawn_blocking(move || -> Result<Option<String>> {
             let file = match std::fs::File::open(&from) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound),
@@ -296,7 +296,7 @@ impl BlobStore for FsStore {
                 // Same digest, same bytes: another upload got there first.
                 drop(file);
                 std::fs::remove_file(&from)?;
-                return Ok(());
+                return Ok(None);
             }
             if sync {
                 file.sync_all()?;
@@ -310,7 +310,7 @@ impl BlobStore for FsStore {
             if sync {
                 fsync_dir(dir)?;
             }
-            Ok(())
+            Ok(None)
         })
         .await
         .map_err(io_err)?
@@ -374,10 +374,13 @@ mod tests {
         let d = h.finish();
         assert_eq!(d, Digest::sha256(b"hello world"));
         s.commit(id, &d).await.unwrap();
-        assert_eq!(s.stat(&d).await.unwrap(), Some(11));
+        assert_eq!(s.stat(&BlobRef::at_digest(&d)).await.unwrap(), Some(11));
         assert_eq!(s.upload_len(id).await.unwrap(), None);
         let body = s
-            .read(&d, Some(ByteRange { start: 6, end: 11 }))
+            .read(
+                &BlobRef::at_digest(&d),
+                Some(ByteRange { start: 6, end: 11 }),
+            )
             .await
             .unwrap();
         assert_eq!(collect(body).await, b"world");
@@ -427,7 +430,7 @@ mod tests {
         let d = h.finish();
         assert_eq!(d, Digest::sha256(&data));
         s.commit(id, &d).await.unwrap();
-        let body = s.read(&d, None).await.unwrap();
+        let body = s.read(&BlobRef::at_digest(&d), None).await.unwrap();
         assert_eq!(body.len, data.len() as u64);
         assert_eq!(collect(body).await, data);
     }

@@ -5,6 +5,7 @@
 //! as it passes through [`BlobStore::append`].
 
 pub mod fs;
+pub mod s3;
 
 use crate::Result;
 use async_trait::async_trait;
@@ -34,15 +35,43 @@ pub struct ByteRange {
     pub end: u64,
 }
 
+/// A stored blob: its digest, and where it lives if not at the store's place for that digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// The content digest.
+    pub digest: Digest,
+    /// A store-specific location returned by [`BlobStore::commit`], if any.
+    pub location: Option<String>,
+}
+
+impl BlobRef {
+    /// A blob at its digest's own place.
+    pub fn at_digest(digest: &Digest) -> Self {
+        Self {
+            digest: digest.clone(),
+            location: None,
+        }
+    }
+}
+
 /// Where blob bytes live. Object-safe: the server holds an `Arc<dyn BlobStore>`.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Size of a stored blob, or `None`.
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>>;
+    async fn stat(&self, blob: &BlobRef) -> Result<Option<u64>>;
     /// Streams a blob, or part of one. `NotFound` when absent.
-    async fn read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobBody>;
+    async fn read(&self, blob: &BlobRef, range: Option<ByteRange>) -> Result<BlobBody>;
+    /// A URL the client may fetch the blob from directly (a presigned S3 URL), when the store
+    /// is configured to redirect. `None`: serve the bytes through berth.
+    async fn redirect_url(&self, _blob: &BlobRef) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Removes a blob's bytes (garbage collection only; callers check nothing references it).
-    async fn delete(&self, digest: &Digest) -> Result<()>;
+    async fn delete(&self, blob: &BlobRef) -> Result<()>;
+    /// The smallest chunk worth sending, advertised as `OCI-Chunk-Min-Length`.
+    fn chunk_min_length(&self) -> Option<u64> {
+        None
+    }
 
     /// Starts an empty upload.
     async fn begin(&self, id: Uuid) -> Result<()>;
@@ -60,9 +89,10 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<u64>;
     /// Re-reads an upload's bytes (to rebuild a hash state lost with a restart).
     async fn read_upload(&self, id: Uuid) -> Result<BlobBody>;
-    /// Makes the upload durable and visible as blob `digest`. The caller has verified the
-    /// digest. If the blob already exists, the upload is simply dropped.
-    async fn commit(&self, id: Uuid, digest: &Digest) -> Result<()>;
+    /// Makes the upload durable and readable as blob `digest` (verified by the caller).
+    /// Returns the location to record when the bytes stay somewhere of their own (`None`:
+    /// at the digest's place). If the blob already exists there, the upload is dropped.
+    async fn commit(&self, id: Uuid, digest: &Digest) -> Result<Option<String>>;
     /// Drops an upload and its bytes. Absent uploads are not an error.
     async fn abort(&self, id: Uuid) -> Result<()>;
     /// Every upload the store holds, for sweeping orphans after a crash.

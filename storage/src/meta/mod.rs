@@ -254,22 +254,31 @@ impl Meta {
     }
 
     /// Records a committed blob and links it to `repo`; removes the upload row, if any.
+    /// Returns the blob as recorded: when another upload of the same digest got there first,
+    /// its location wins and the caller removes the bytes it just stored.
     pub async fn commit_blob(
         &self,
         repo: &str,
         digest: &Digest,
         size: u64,
         upload: Option<Uuid>,
-    ) -> Result<()> {
+        location: Option<&str>,
+    ) -> Result<Option<String>> {
         let mut tx = WriteTx::begin(&self.write).await?;
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
         let now = now_secs();
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+        sqlx::query("INSERT INTO blobs (digest, size, created_at, location) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING")
             .bind(digest.as_str())
             .bind(size as i64)
             .bind(now)
+            .bind(location)
             .execute(&mut *tx)
             .await?;
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT location FROM blobs WHERE digest = $1")
+                .bind(digest.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
         sqlx::query("INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(repo_id)
             .bind(digest.as_str())
@@ -283,7 +292,35 @@ impl Meta {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(recorded)
+    }
+
+    /// Size and location of a blob anywhere in the registry.
+    pub async fn blob(&self, digest: &Digest) -> Result<Option<(u64, Option<String>)>> {
+        let row = sqlx::query("SELECT size, location FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| (r.get::<i64, _>(0) as u64, r.get(1))))
+    }
+
+    /// Size and location of a blob linked to `repo`.
+    pub async fn repo_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<(u64, Option<String>)>> {
+        let row = sqlx::query(
+            "SELECT b.size, b.location FROM repo_blobs rb \
+             JOIN repositories r ON r.id = rb.repo_id \
+             JOIN blobs b ON b.digest = rb.digest \
+             WHERE r.name = $1 AND rb.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| (r.get::<i64, _>(0) as u64, r.get(1))))
     }
 
     /// Links an existing blob to `repo` (cross-repository mount). False if the blob is unknown.
@@ -712,7 +749,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open_sqlite(&dir.path().join("m.db")).await.unwrap();
         let blob = Digest::sha256(b"layer");
-        meta.commit_blob("a/b", &blob, 5, None).await.unwrap();
+        meta.commit_blob("a/b", &blob, 5, None, None).await.unwrap();
         assert_eq!(meta.repo_blob_size("a/b", &blob).await.unwrap(), Some(5));
         assert_eq!(meta.repo_blob_size("other", &blob).await.unwrap(), None);
         let content = br#"{"schemaVersion":2}"#;
