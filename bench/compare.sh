@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q -r "$SHARED/requirements.txt"
 fi
-cargo build --release -p berth-server --bin berth --manifest-path "$REPO/Cargo.toml"
+cargo build --release --workspace --manifest-path "$REPO/Cargo.toml"
 # compare.sh calls `python3 run.py`: put the venv first on PATH.
 export PATH="$VENV/bin:$PATH"
 exec bash "$SHARED/compare.sh" --name berth --out "${OUT:-/tmp/berth-bench-$(date +%Y%m%d-%H%M%S)}" "$@" \

@@ -17,6 +17,13 @@ BERTH_BIN = os.environ.get("BERTH_BIN", str(ROOT / "target" / "release" / "berth
 # BERTH_TEST_BACKEND=s3 runs the same tests with blobs in S3 (BERTH_TEST_S3_ENDPOINT names the
 # server; tests/run-all.sh starts moto). Each registry gets a bucket of its own.
 BACKEND = os.environ.get("BERTH_TEST_BACKEND", "filesystem")
+S3_ENDPOINT = os.environ.get("BERTH_TEST_S3_ENDPOINT")
+S3_REDIRECT = os.environ.get("BERTH_TEST_S3_REDIRECT", "false")
+# berth reads every BERTH_* variable as configuration and rejects unknown keys, so the test
+# harness's own variables must not reach it (nor the CLI runs, docker, skopeo... that the
+# tests start with os.environ): read above, then removed from this process's environment.
+for _k in [k for k in os.environ if k == "BERTH_BIN" or k.startswith("BERTH_TEST_")]:
+    del os.environ[_k]
 
 
 def backend_env():
@@ -24,7 +31,9 @@ def backend_env():
         return {}
     import uuid
 
-    endpoint = os.environ["BERTH_TEST_S3_ENDPOINT"]
+    endpoint = S3_ENDPOINT
+    if not endpoint:
+        raise RuntimeError("BERTH_TEST_BACKEND=s3 needs BERTH_TEST_S3_ENDPOINT (an S3 server's URL)")
     return {
         "BERTH_STORAGE__BACKEND": "s3",
         "BERTH_STORAGE__S3__BUCKET": "berth-" + uuid.uuid4().hex[:16],
@@ -34,7 +43,7 @@ def backend_env():
         "BERTH_STORAGE__S3__CREATE_BUCKET": "true",
         # Stream through berth so the API tests see berth's own headers; redirects have
         # their own tests.
-        "BERTH_STORAGE__S3__REDIRECT": os.environ.get("BERTH_TEST_S3_REDIRECT", "false"),
+        "BERTH_STORAGE__S3__REDIRECT": S3_REDIRECT,
         "BERTH_STORAGE__S3__PART_SIZE": str(5 << 20),
         "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
         "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),

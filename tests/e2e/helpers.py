@@ -334,3 +334,12 @@ def shared(tmp_path_factory):
 @pytest.fixture
 def c(shared):
     return Client(shared.url)
+
+
+# For a test that mixes HTTP checks with checks of the filesystem backend's own files
+# (<data>/blobs, <data>/uploads): [http] makes only the HTTP checks and runs on every backend;
+# [files] makes both and is marked fs_only (not run on S3). The test takes an `fs_files` argument.
+with_fs_files = pytest.mark.parametrize("fs_files", [
+    pytest.param(False, id="http"),
+    pytest.param(True, id="files", marks=pytest.mark.fs_only),
+])

@@ -141,7 +141,19 @@ impl Registry {
                 return Ok(h.clone());
             }
         }
-        let h = self.rehash(id, Algorithm::Sha256).await?;
+        let h = if len == 0 {
+            Hasher::new(Algorithm::Sha256)
+        } else {
+            match self.rehash(id, Algorithm::Sha256).await {
+                Ok(h) => h,
+                // A store that cannot read an unfinished upload back (S3) after a restart:
+                // the session is lost and the client starts again.
+                Err(RegistryError::Storage(berth_storage::Error::NotFound)) => {
+                    return Err(RegistryError::UploadUnknown(id.to_string()))
+                }
+                Err(e) => return Err(e),
+            }
+        };
         st.hasher = Some((len, h.clone()));
         Ok(h)
     }
@@ -234,7 +246,18 @@ impl Registry {
         let got = if digest.algorithm() == Algorithm::Sha256 {
             hasher.finish()
         } else {
-            self.rehash(id, digest.algorithm()).await?.finish()
+            match self.rehash(id, digest.algorithm()).await {
+                Ok(h) => h.finish(),
+                Err(RegistryError::Storage(berth_storage::Error::NotFound)) => {
+                    self.drop_upload(id).await?;
+                    return Err(RegistryError::UploadInvalid(format!(
+                        "this storage backend cannot verify a {} digest of a chunked upload; \
+                         send the blob in one request (POST ?digest=) or use sha256",
+                        digest.algorithm().as_str()
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
         };
         if &got != digest {
             self.drop_upload(id).await?;

@@ -1,0 +1,436 @@
+"""berth's S3 blob backend against a real S3-protocol server (moto; tests/run-all.sh starts one).
+
+Runs in the normal pass: every registry here is started with the S3 settings given explicitly, on
+a bucket of its own, at the endpoint named by BERTH_TEST_S3_ENDPOINT (the tests fail when it is
+unset). The bucket is inspected with boto3, so what berth leaves in S3 (blob objects under the
+configured prefix, upload markers, pending multipart uploads) is checked, not just the HTTP side.
+moto enforces S3's rule that every part but the last is at least 5 MiB (EntityTooSmall), so a big
+blob pushed in small PATCHes proves berth buffers chunks into full parts.
+"""
+import hashlib
+import os
+import subprocess
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+import conftest
+from conftest import BERTH_BIN
+from helpers import Client, assert_error, digest, uniq
+from test_docker import build_image, docker_ok, image_id, image_layers, images, push, push_digest, run  # noqa: F401
+
+MIB = 1 << 20
+PART = 5 * MIB
+AWS_KEY = "testing"
+AWS_SECRET = "testing"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    ep = conftest.S3_ENDPOINT
+    if not ep:
+        pytest.fail("BERTH_TEST_S3_ENDPOINT is not set: test_s3.py needs an S3-protocol server "
+                    "(tests/run-all.sh starts moto and sets it)")
+    try:
+        requests.get(ep, timeout=10)
+    except requests.RequestException as e:
+        pytest.fail(f"S3 endpoint {ep} (BERTH_TEST_S3_ENDPOINT) does not answer: {e}")
+    return ep.rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def s3(endpoint):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=AWS_KEY, aws_secret_access_key=AWS_SECRET)
+
+
+def s3_env(endpoint, bucket, prefix="", redirect=True, part_size=PART, create_bucket=True, **extra):
+    env = {
+        "BERTH_STORAGE__BACKEND": "s3",
+        "BERTH_STORAGE__S3__BUCKET": bucket,
+        "BERTH_STORAGE__S3__ENDPOINT": endpoint,
+        "BERTH_STORAGE__S3__REGION": "us-east-1",
+        "BERTH_STORAGE__S3__FORCE_PATH_STYLE": "true",
+        "BERTH_STORAGE__S3__CREATE_BUCKET": "true" if create_bucket else "false",
+        "BERTH_STORAGE__S3__REDIRECT": "true" if redirect else "false",
+        "AWS_ACCESS_KEY_ID": AWS_KEY,
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+    }
+    if prefix:
+        env["BERTH_STORAGE__S3__PREFIX"] = prefix
+    if part_size is not None:
+        env["BERTH_STORAGE__S3__PART_SIZE"] = str(part_size)
+    env.update(extra)
+    return env
+
+
+def new_bucket():
+    return "berth-s3t-" + uuid.uuid4().hex[:16]
+
+
+def keys(s3, bucket, prefix=""):
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = o["Size"]
+    return out
+
+
+def pending(s3, bucket):
+    return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def blob_key(prefix, dgst):
+    alg, hexd = dgst.split(":")
+    return f"{prefix}blobs/{alg}/{hexd[:2]}/{hexd}"
+
+
+def chunked_push(c, repo, data, chunk):
+    """POST, then PATCHes of `chunk` bytes with Content-Range, then PUT ?digest=. Returns the digest."""
+    loc = c.start_upload(repo)
+    off = 0
+    while off < len(data):
+        part = data[off:off + chunk]
+        r = c.patch_chunk(loc, part, f"{off}-{off + len(part) - 1}")
+        assert r.status_code == 202, (off, r.status_code, r.text)
+        loc = r.headers["Location"]
+        off += len(part)
+    d = digest(data)
+    r = c.put_upload(loc, d)
+    assert r.status_code == 201, (r.status_code, r.text)
+    assert r.headers["Docker-Content-Digest"] == d
+    return d
+
+
+def fetch(url, d, data):
+    """GETs a blob following any redirect; checks the bytes."""
+    r = requests.get(url, timeout=120)
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    assert len(r.content) == len(data)
+    assert hashlib.sha256(r.content).hexdigest() == d.split(":")[1]
+    return r
+
+
+# ------------------------------------------------------------------ redirect mode
+
+def test_redirect_get_is_presigned_head_from_metadata_range_follows(berth_factory, endpoint, s3):
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="reg/one"))
+    c = Client(b.url)
+    repo = uniq("s3")
+    data = os.urandom(300_000)
+    d = c.push_blob(repo, data)
+    url = f"{b.url}/v2/{repo}/blobs/{d}"
+
+    r = requests.get(url, allow_redirects=False, timeout=30)
+    assert r.status_code == 307, (r.status_code, r.text)
+    loc = r.headers["Location"]
+    assert loc.startswith(endpoint + "/"), loc
+    assert "X-Amz-Signature=" in loc, loc
+    assert urlsplit(loc).path == f"/{bucket}/{blob_key('reg/one/', d)}", loc
+    assert r.headers["Docker-Content-Digest"] == d
+    assert r.content == b""
+
+    # following the presigned URL gives the exact bytes
+    got = requests.get(loc, timeout=30)
+    assert got.status_code == 200
+    assert got.content == data
+    fetch(url, d, data)
+
+    # a Range through the redirect: berth redirects, S3 serves the range
+    r = requests.get(url, headers={"Range": "bytes=1000-1999"}, allow_redirects=False, timeout=30)
+    assert r.status_code == 307, r.status_code
+    r = requests.get(url, headers={"Range": "bytes=1000-1999"}, timeout=30)
+    assert r.status_code == 206, r.status_code
+    assert r.content == data[1000:2000]
+    assert r.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
+    # an unsatisfiable range is still berth's own 416, not a redirect
+    r = requests.get(url, headers={"Range": f"bytes={len(data) + 10}-"}, allow_redirects=False, timeout=30)
+    assert r.status_code == 416, r.status_code
+    assert r.headers["Content-Range"] == f"bytes */{len(data)}"
+
+    # HEAD is answered by berth itself: no redirect
+    h = requests.head(url, allow_redirects=False, timeout=30)
+    assert h.status_code == 200, h.status_code
+    assert "Location" not in h.headers
+    assert int(h.headers["Content-Length"]) == len(data)
+    assert h.headers["Docker-Content-Digest"] == d
+
+    # an unknown blob is berth's 404, not a redirect
+    r = requests.get(f"{b.url}/v2/{repo}/blobs/{digest(b'absent')}", allow_redirects=False, timeout=30)
+    assert_error(r, 404, "BLOB_UNKNOWN")
+
+
+def test_redirect_off_streams_through_berth(berth_factory, endpoint, s3):
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, redirect=False))
+    c = Client(b.url)
+    repo = uniq("s3")
+    data = os.urandom(123_457)
+    d = c.push_blob(repo, data)
+    r = requests.get(f"{b.url}/v2/{repo}/blobs/{d}", allow_redirects=False, timeout=30)
+    assert r.status_code == 200, r.status_code
+    assert "Location" not in r.headers
+    assert r.headers["Docker-Content-Digest"] == d
+    assert int(r.headers["Content-Length"]) == len(data)
+    assert r.content == data
+    r = requests.get(f"{b.url}/v2/{repo}/blobs/{d}", headers={"Range": "bytes=5-9"}, allow_redirects=False,
+                     timeout=30)
+    assert r.status_code == 206
+    assert r.content == data[5:10]
+    # no prefix configured: the blob sits at the bucket's root layout
+    assert blob_key("", d) in keys(s3, bucket)
+
+
+def test_chunk_min_length_is_the_part_size(berth_factory, endpoint):
+    six = 6 * MIB
+    b = berth_factory(env=s3_env(endpoint, new_bucket(), part_size=six), name="six")
+    r = requests.post(f"{b.url}/v2/{uniq('s3')}/blobs/uploads/", timeout=30)
+    assert r.status_code == 202, r.text
+    assert r.headers.get("OCI-Chunk-Min-Length") == str(six), dict(r.headers)
+    # the default part size is 16 MiB
+    b = berth_factory(env=s3_env(endpoint, new_bucket(), part_size=None), name="default")
+    r = requests.post(f"{b.url}/v2/{uniq('s3')}/blobs/uploads/", timeout=30)
+    assert r.status_code == 202, r.text
+    assert r.headers.get("OCI-Chunk-Min-Length") == str(16 * MIB), dict(r.headers)
+
+
+# ------------------------------------------------------------------ multipart uploads
+
+def test_64mib_blob_in_1mib_patches_buffers_into_full_parts(berth_factory, endpoint, s3):
+    bucket = new_bucket()
+    prefix = "mp/"
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="mp", redirect=False))
+    c = Client(b.url)
+    repo = uniq("s3")
+    data = os.urandom(64 * MIB)
+    loc = c.start_upload(repo)
+    uid = urlsplit(loc).path.rsplit("/", 1)[1]
+    for i in range(64):
+        r = c.patch_chunk(loc, data[i * MIB:(i + 1) * MIB], f"{i * MIB}-{(i + 1) * MIB - 1}")
+        assert r.status_code == 202, (i, r.status_code, r.text)
+        loc = r.headers["Location"]
+        if i == 11:
+            # 12 MiB received: two full 5 MiB parts are already in S3, the rest is buffered
+            ups = pending(s3, bucket)
+            assert len(ups) == 1, ups
+            assert ups[0]["Key"] == f"{prefix}objects/{uid}"
+            parts = s3.list_parts(Bucket=bucket, Key=ups[0]["Key"], UploadId=ups[0]["UploadId"])["Parts"]
+            assert [p["Size"] for p in parts] == [PART, PART], parts
+            assert f"{prefix}_uploads/{uid}" in keys(s3, bucket), "no upload marker while multipart is open"
+    d = digest(data)
+    r = c.put_upload(loc, d)
+    assert r.status_code == 201, (r.status_code, r.text)
+
+    r = c.get_blob(repo, d)
+    assert r.status_code == 200
+    assert r.content == data
+    assert r.headers["Docker-Content-Digest"] == d
+
+    objs = keys(s3, bucket)
+    assert all(k.startswith(prefix) for k in objs), objs
+    assert not [k for k in objs if k.startswith(f"{prefix}_uploads/")], objs
+    assert objs.get(f"{prefix}objects/{uid}") == len(data), objs
+    assert pending(s3, bucket) == []
+    # 64 MiB in 5 MiB parts: 13 parts (the S3 ETag of a multipart object ends in -<parts>)
+    etag = s3.head_object(Bucket=bucket, Key=f"{prefix}objects/{uid}")["ETag"].strip('"')
+    assert etag.endswith("-13"), etag
+
+
+@pytest.mark.parametrize("size", [PART, PART + 1, 0], ids=["part_size", "part_size_plus_1", "empty"])
+def test_boundary_sizes(berth_factory, endpoint, s3, size):
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="edge"))
+    c = Client(b.url)
+    repo = uniq("s3")
+    data = os.urandom(size)
+    d = digest(data)
+    # monolithic, into one repository...
+    assert c.push_blob(repo, data) == d
+    # ...and chunked (PATCH then PUT with the rest), into another
+    repo2 = uniq("s3")
+    loc = c.start_upload(repo2)
+    head = data[:size // 2]
+    if head:
+        r = c.patch_chunk(loc, head, f"0-{len(head) - 1}")
+        assert r.status_code == 202, r.text
+        loc = r.headers["Location"]
+    r = c.put_upload(loc, d, data=data[len(head):])
+    assert r.status_code == 201, (r.status_code, r.text)
+    for name in (repo, repo2):
+        url = f"{b.url}/v2/{name}/blobs/{d}"
+        h = requests.head(url, timeout=30)
+        assert h.status_code == 200
+        assert int(h.headers["Content-Length"]) == size
+        fetch(url, d, data)
+    objs = keys(s3, bucket)
+    assert objs and all(k.startswith("edge/") for k in objs), objs
+    assert not [k for k in objs if "_uploads/" in k], objs
+    assert pending(s3, bucket) == []
+    if size < PART:
+        assert objs == {blob_key("edge/", d): size}, objs
+    else:
+        assert sorted(objs.values()) == [size], objs  # one copy: the second upload was dropped
+
+
+def test_cancelled_multipart_upload_leaves_nothing(berth_factory, endpoint, s3):
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="cx"))
+    c = Client(b.url)
+    repo = uniq("s3")
+    loc = c.start_upload(repo)
+    uid = urlsplit(loc).path.rsplit("/", 1)[1]
+    r = c.patch_chunk(loc, os.urandom(PART + 1000), f"0-{PART + 999}")
+    assert r.status_code == 202, r.text
+    assert len(pending(s3, bucket)) == 1
+    assert f"cx/_uploads/{uid}" in keys(s3, bucket)
+    r = c.delete(loc)
+    assert r.status_code == 204, (r.status_code, r.text)
+    assert pending(s3, bucket) == []
+    assert keys(s3, bucket) == {}
+    assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+# ------------------------------------------------------------------ real clients
+
+def test_docker_push_pull_and_skopeo_copy_with_redirects(berth_factory, endpoint, s3, tmp_path, docker_ok,
+                                                         images):
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="dk"))
+    uid = uuid.uuid4().hex[:10]
+    app, base, payload, generated = build_image(tmp_path, docker_ok, images, uid)
+    layers = image_layers(app)
+    orig = image_id(app)
+    repo = f"e2e/s3-{uid}"
+    remote = images.add(f"{b.addr}/{repo}:v1")
+    run(["docker", "tag", app, remote])
+    dgst, _size = push_digest(push(remote), "v1")
+    assert all(k.startswith("dk/") for k in keys(s3, bucket))
+    images.rmi(remote, app, base)
+    p = run(["docker", "pull", remote])
+    assert f"Digest: {dgst}" in p.stdout + p.stderr
+    assert image_id(remote) == orig
+    assert image_layers(remote) == layers
+    r = run(["docker", "run", "--rm", "--network", "none", remote, "cat", "/data/payload.txt",
+             "/data/generated.txt"])
+    assert r.stdout == payload + generated
+
+    # skopeo copies it back out (following the redirects) byte-identical
+    out = tmp_path / "out"
+    sk = run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{b.addr}/{repo}:v1", f"dir:{out}"])
+    assert sk.returncode == 0
+    man = (out / "manifest.json").read_bytes()
+    assert "sha256:" + hashlib.sha256(man).hexdigest() == dgst
+    r = requests.get(f"{b.url}/v2/{repo}/manifests/v1",
+                     headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}, timeout=30)
+    m = r.json()
+    for desc in [m["config"], *m["layers"]]:
+        f = out / desc["digest"].split(":")[1]
+        blob = f.read_bytes()
+        assert len(blob) == desc["size"]
+        assert "sha256:" + hashlib.sha256(blob).hexdigest() == desc["digest"]
+        assert requests.get(f"{b.url}/v2/{repo}/blobs/{desc['digest']}", timeout=60).content == blob
+
+
+# ------------------------------------------------------------------ crashes and expiry
+
+def test_kill9_keeps_every_acknowledged_blob_and_manifest(berth_factory, endpoint, s3):
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="k9"))
+    c = Client(b.url)
+    repo = uniq("s3")
+    blobs = {}
+    for data in (os.urandom(1000), b"", os.urandom(PART + 7)):
+        blobs[c.push_blob(repo, data)] = data
+    big = os.urandom(2 * PART + 3)
+    blobs[chunked_push(c, repo, big, MIB)] = big
+    img = c.push_image(repo, tag="v1", layers=2)
+    blobs.update(img.blobs)
+    b.kill9()
+    b.restart()
+    c = Client(b.url)
+    for d, data in blobs.items():
+        fetch(f"{b.url}/v2/{repo}/blobs/{d}", d, data)
+    r = c.get(f"/v2/{repo}/manifests/v1", headers={"Accept": img.media_type})
+    assert r.status_code == 200
+    assert r.content == img.body
+    assert r.headers["Docker-Content-Digest"] == img.digest
+    assert pending(s3, bucket) == []
+
+
+def test_upload_left_by_killed_process_is_aborted_when_it_expires(berth_factory, endpoint, s3):
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="exp"))
+    c = Client(b.url)
+    repo = uniq("s3")
+    loc = c.start_upload(repo)
+    uid = urlsplit(loc).path.rsplit("/", 1)[1]
+    r = c.patch_chunk(loc, os.urandom(PART + 5), f"0-{PART + 4}")
+    assert r.status_code == 202, r.text
+    done = c.push_blob(repo, os.urandom(PART + 9))  # a finished blob beside it must stay
+    assert len(pending(s3, bucket)) == 1
+    assert f"exp/_uploads/{uid}" in keys(s3, bucket)
+    b.kill9()
+    b.env.update({"BERTH_UPLOADS__TTL_SECS": "1", "BERTH_UPLOADS__PURGE_INTERVAL_SECS": "1"})
+    b.restart()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if pending(s3, bucket) == [] and f"exp/_uploads/{uid}" not in keys(s3, bucket):
+            break
+        time.sleep(0.5)
+    assert pending(s3, bucket) == [], "the killed process's multipart upload was not aborted"
+    objs = keys(s3, bucket)
+    assert not [k for k in objs if "_uploads/" in k], objs
+    assert_error(Client(b.url).get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert Client(b.url).head(f"/v2/{repo}/blobs/{done}").status_code == 200
+
+
+# ------------------------------------------------------------------ bad configuration
+
+def test_missing_bucket_starts_then_push_is_a_spec_5xx(berth_factory, endpoint, s3):
+    bucket = new_bucket()  # never created
+    b = berth_factory(env=s3_env(endpoint, bucket, create_bucket=False))
+    c = Client(b.url)
+    assert c.get("/v2/").status_code == 200
+    repo = uniq("s3")
+    data = os.urandom(2000)
+    for _ in range(2):
+        r = c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest(data)}, data=data)
+        assert 500 <= r.status_code < 600, (r.status_code, r.text)
+        body = r.json()
+        assert body["errors"][0]["code"] == "UNKNOWN", body
+        assert b.proc.poll() is None, "berth exited"
+    # a chunked push fails too, at the latest when the blob is committed; the blob stays unknown
+    loc = c.start_upload(repo)
+    r = c.put_upload(loc, digest(data), data=data)
+    assert 500 <= r.status_code < 600, (r.status_code, r.text)
+    assert r.json()["errors"][0]["code"] == "UNKNOWN"
+    assert_error(c.head(f"/v2/{repo}/blobs/{digest(data)}"), 404, "BLOB_UNKNOWN")
+    assert c.get("/v2/").status_code == 200
+    assert b.proc.poll() is None
+    with pytest.raises(s3.exceptions.NoSuchBucket):
+        s3.list_objects_v2(Bucket=bucket)
+
+
+def test_check_config_s3(tmp_path):
+    def check(text):
+        p = tmp_path / f"c{uuid.uuid4().hex[:6]}.toml"
+        p.write_text(text)
+        return subprocess.run([BERTH_BIN, "check-config", str(p)], capture_output=True, text=True, timeout=30)
+
+    r = check('[storage]\nbackend = "s3"\n')
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "storage.s3.bucket" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    r = check('[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\npart_size = 1048576\n')
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "storage.s3.part_size" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    r = check('[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "b"\nprefix = "reg"\nendpoint = "http://x:9000"\n'
+              'force_path_style = true\npart_size = 5242880\nredirect = false\npresign_ttl_secs = 60\n'
+              'create_bucket = true\nregion = "us-east-1"\n')
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.strip() == "ok"
