@@ -390,6 +390,36 @@ def test_upload_left_by_killed_process_is_aborted_when_it_expires(berth_factory,
     assert Client(b.url).head(f"/v2/{repo}/blobs/{done}").status_code == 200
 
 
+def test_monolithic_post_cut_by_kill9_is_aborted_at_restart(berth_factory, endpoint, s3):
+    """A monolithic POST has no session row: the start-up sweep aborts what its marker names."""
+    import socket
+
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="sw"))
+    data = os.urandom(3 * PART)
+    head = (f"POST /v2/s3/sweep/blobs/uploads/?digest={digest(data)} HTTP/1.1\r\nHost: {b.addr}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+    host, port = b.addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        s.sendall(head + data[:2 * PART + 100])
+        deadline = time.time() + 10
+        while time.time() < deadline and not pending(s3, bucket):
+            time.sleep(0.2)
+        assert len(pending(s3, bucket)) == 1, "the first part was not sent while the body streamed"
+        assert [k for k in keys(s3, bucket) if k.startswith("sw/_uploads/")], keys(s3, bucket)
+        b.kill9()
+    finally:
+        s.close()
+    b.restart()
+    deadline = time.time() + 10
+    while time.time() < deadline and (pending(s3, bucket) or keys(s3, bucket)):
+        time.sleep(0.2)
+    assert pending(s3, bucket) == []
+    assert keys(s3, bucket) == {}
+    assert_error(Client(b.url).head(f"/v2/s3/sweep/blobs/{digest(data)}"), 404, "BLOB_UNKNOWN")
+
+
 # ------------------------------------------------------------------ bad configuration
 
 def test_missing_bucket_starts_then_push_is_a_spec_5xx(berth_factory, endpoint, s3):
