@@ -2,7 +2,7 @@
 # Prepares a fresh Debian 12 machine (run as root) for berth's end-to-end tests.
 # Idempotent: every step checks first and does nothing when already done.
 #   1. apt packages: docker.io skopeo busybox-static docker-registry wrk curl jq iproute2
-#   2. <repo>/.venv with pytest, requests, oras, pyjwt[crypto], cryptography (PyPI)
+#   2. <repo>/.venv with pytest, requests, oras, pyjwt[crypto], cryptography, moto[server], boto3 (PyPI)
 #   3. a running dockerd (started in the background when `docker info` fails)
 set -euo pipefail
 
@@ -61,12 +61,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import pytest, requests, oras.provider, jwt, cryptography, moto.server' 2>/dev/null; then
-    log "installing pytest requests oras pyjwt cryptography into $VENV"
+if ! "$VENV/bin/python" -c 'import pytest, requests, oras.provider, jwt, cryptography, moto.server, boto3' 2>/dev/null; then
+    log "installing pytest requests oras pyjwt cryptography moto boto3 into $VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet pytest requests oras 'pyjwt[crypto]' cryptography 'moto[server]'
+    "$VENV/bin/pip" install --quiet pytest requests oras 'pyjwt[crypto]' cryptography 'moto[server]' boto3
 fi
-"$VENV/bin/python" -c 'import pytest, requests, oras.provider, jwt, cryptography, moto.server' || die "venv $VENV is broken"
+"$VENV/bin/python" -c 'import pytest, requests, oras.provider, jwt, cryptography, moto.server, boto3' || die "venv $VENV is broken"
 
 # ---------------------------------------------------------------- 3. dockerd
 docker_ok() { timeout 20 docker info >/dev/null 2>&1; }

@@ -262,6 +262,19 @@ impl Default for Uploads {
     }
 }
 
+/// The top-level keys of [`Config`], which `BERTH_*` variables may set.
+const CONFIG_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "log",
+    "storage",
+    "limits",
+    "uploads",
+    "validation",
+    "auth",
+    "tls",
+];
+
 impl Config {
     /// Defaults, then the file (if any), then `BERTH_*` variables.
     pub fn load(file: Option<&Path>, with_env: bool) -> anyhow::Result<Self> {
@@ -273,7 +286,12 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         if with_env {
-            fig = fig.merge(Env::prefixed("BERTH_").split("__"));
+            // Only variables that name a configuration section: BERTH_URL (the CLI's registry)
+            // and other BERTH_* variables of tools around berth must not stop it starting.
+            fig = fig.merge(Env::prefixed("BERTH_").split("__").filter(|k| {
+                let top = k.as_str().split('.').next().unwrap_or("");
+                CONFIG_KEYS.contains(&top)
+            }));
         }
         let cfg: Config = fig.extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();

@@ -28,6 +28,12 @@ AWS_KEY = "testing"
 AWS_SECRET = "testing"
 
 
+@pytest.fixture(autouse=True)
+def own_settings_only(monkeypatch):
+    """The registries here get exactly the S3 settings each test gives, whatever BERTH_TEST_BACKEND says."""
+    monkeypatch.setattr(conftest, "BACKEND", "filesystem")
+
+
 @pytest.fixture(scope="module")
 def endpoint():
     ep = conftest.S3_ENDPOINT
@@ -92,8 +98,11 @@ def blob_key(prefix, dgst):
 
 def chunked_push(c, repo, data, chunk):
     """POST, then PATCHes of `chunk` bytes with Content-Range, then PUT ?digest=. Returns the digest."""
-    loc = c.start_upload(repo)
-    off = 0
+    return chunked_push_from(c, c.start_upload(repo), data, 0, chunk)
+
+
+def chunked_push_from(c, loc, data, off, chunk):
+    """PATCHes data[off:] in `chunk`-byte pieces into the upload at `loc`, then PUT ?digest=."""
     while off < len(data):
         part = data[off:off + chunk]
         r = c.patch_chunk(loc, part, f"{off}-{off + len(part) - 1}")
@@ -164,6 +173,15 @@ def test_redirect_get_is_presigned_head_from_metadata_range_follows(berth_factor
     # an unknown blob is berth's 404, not a redirect
     r = requests.get(f"{b.url}/v2/{repo}/blobs/{digest(b'absent')}", allow_redirects=False, timeout=30)
     assert_error(r, 404, "BLOB_UNKNOWN")
+
+    # HEAD and the redirect come from berth's metadata alone: with the object removed behind
+    # berth's back, both still answer (only the presigned URL then finds nothing)
+    s3.delete_object(Bucket=bucket, Key=blob_key("reg/one/", d))
+    h = requests.head(url, allow_redirects=False, timeout=30)
+    assert h.status_code == 200 and int(h.headers["Content-Length"]) == len(data)
+    r = requests.get(url, allow_redirects=False, timeout=30)
+    assert r.status_code == 307
+    assert requests.get(r.headers["Location"], timeout=30).status_code == 404
 
 
 def test_redirect_off_streams_through_berth(berth_factory, endpoint, s3):
@@ -296,6 +314,86 @@ def test_cancelled_multipart_upload_leaves_nothing(berth_factory, endpoint, s3):
     assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
 
 
+def test_patch_cut_after_parts_were_sent_is_all_or_nothing(berth_factory, endpoint, s3):
+    """A PATCH whose connection drops after two parts went to S3 leaves the upload at its previous
+    length; resending from there replaces those parts and the blob comes out exact."""
+    import socket
+
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, redirect=False))
+    c = Client(b.url)
+    repo = uniq("s3")
+    blob = os.urandom(1000 + 12 * MIB + 5)
+    loc = c.start_upload(repo)
+    r = c.patch_chunk(loc, blob[:1000], "0-999")
+    assert r.status_code == 202
+    loc = r.headers["Location"]
+    head = (f"PATCH {urlsplit(loc).path} HTTP/1.1\r\nHost: {b.addr}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {12 * MIB}\r\nContent-Range: 1000-{1000 + 12 * MIB - 1}\r\n\r\n").encode()
+    host, port = b.addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        s.sendall(head + blob[1000:1000 + 11 * MIB])
+        deadline = time.time() + 10
+        sent = []
+        while time.time() < deadline and len(sent) < 2:
+            ups = pending(s3, bucket)
+            if ups:
+                sent = s3.list_parts(Bucket=bucket, Key=ups[0]["Key"], UploadId=ups[0]["UploadId"]).get("Parts", [])
+            time.sleep(0.2)
+        assert [p["Size"] for p in sent] == [PART, PART], sent
+    finally:
+        s.close()
+    deadline = time.time() + 10
+    while True:
+        st = c.get(loc)
+        assert st.status_code == 204, (st.status_code, st.text)
+        if st.headers["Range"] == "0-999":
+            break
+        assert time.time() < deadline, st.headers["Range"]
+        time.sleep(0.2)
+    d = chunked_push_from(c, loc, blob, 1000, 3 * MIB)
+    r = c.get_blob(repo, d)
+    assert r.status_code == 200 and r.content == blob
+    assert pending(s3, bucket) == []
+    assert list(keys(s3, bucket).values()) == [len(blob)]
+
+
+def test_digest_mismatch_discards_multipart_upload(berth_factory, endpoint, s3):
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="dm"))
+    c = Client(b.url)
+    repo = uniq("s3")
+    loc = c.start_upload(repo)
+    r = c.patch_chunk(loc, os.urandom(PART + 10), f"0-{PART + 9}")
+    assert r.status_code == 202
+    assert len(pending(s3, bucket)) == 1
+    assert_error(c.put_upload(r.headers["Location"], digest(b"other"), b"tail"), 400, "DIGEST_INVALID")
+    assert pending(s3, bucket) == []
+    assert keys(s3, bucket) == {}
+    # monolithic: the parts sent while the body streamed are aborted too
+    r = c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest(b"other")}, data=os.urandom(2 * PART + 1))
+    assert_error(r, 400, "DIGEST_INVALID")
+    assert pending(s3, bucket) == []
+    assert keys(s3, bucket) == {}
+
+
+def test_concurrent_pushes_of_one_big_blob_keep_one_object(berth_factory, endpoint, s3):
+    import concurrent.futures as cf
+
+    bucket = new_bucket()
+    b = berth_factory(env=s3_env(endpoint, bucket, prefix="cc"))
+    data = os.urandom(PART + 4321)
+    names = [uniq("s3") for _ in range(4)]
+    with cf.ThreadPoolExecutor(len(names)) as ex:
+        ds = list(ex.map(lambda n: Client(b.url).push_blob(n, data), names))
+    assert set(ds) == {digest(data)}
+    for n in names:
+        fetch(f"{b.url}/v2/{n}/blobs/{ds[0]}", ds[0], data)
+    assert list(keys(s3, bucket).values()) == [len(data)], keys(s3, bucket)
+    assert pending(s3, bucket) == []
+
+
 # ------------------------------------------------------------------ real clients
 
 def test_docker_push_pull_and_skopeo_copy_with_redirects(berth_factory, endpoint, s3, tmp_path, docker_ok,
@@ -422,26 +520,44 @@ def test_monolithic_post_cut_by_kill9_is_aborted_at_restart(berth_factory, endpo
 
 # ------------------------------------------------------------------ bad configuration
 
-def test_missing_bucket_starts_then_push_is_a_spec_5xx(berth_factory, endpoint, s3):
+def closed_port_url():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+SPEC_5XX = {"errors": [{"code": "UNKNOWN", "message": "internal server error"}]}
+
+
+@pytest.mark.parametrize("fault", ["missing_bucket", "unreachable_endpoint"])
+def test_bad_s3_config_starts_then_push_is_a_spec_500(berth_factory, endpoint, s3, fault):
+    """berth does not check the bucket at start (create_bucket = false); pushes then fail with the
+    contract's 5xx body while everything that needs no S3 keeps working."""
     bucket = new_bucket()  # never created
-    b = berth_factory(env=s3_env(endpoint, bucket, create_bucket=False))
+    ep = endpoint if fault == "missing_bucket" else closed_port_url()
+    b = berth_factory(env=s3_env(ep, bucket, create_bucket=False))
     c = Client(b.url)
     assert c.get("/v2/").status_code == 200
     repo = uniq("s3")
     data = os.urandom(2000)
-    for _ in range(2):
-        r = c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest(data)}, data=data)
-        assert 500 <= r.status_code < 600, (r.status_code, r.text)
-        body = r.json()
-        assert body["errors"][0]["code"] == "UNKNOWN", body
+    big = os.urandom(PART + 1)  # a multipart upload: CreateMultipartUpload fails
+    for blob in (data, big, data):
+        r = c.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest(blob)}, data=blob)
+        assert r.status_code == 500, (r.status_code, r.text)
+        assert r.json() == SPEC_5XX
         assert b.proc.poll() is None, "berth exited"
     # a chunked push fails too, at the latest when the blob is committed; the blob stays unknown
     loc = c.start_upload(repo)
     r = c.put_upload(loc, digest(data), data=data)
-    assert 500 <= r.status_code < 600, (r.status_code, r.text)
-    assert r.json()["errors"][0]["code"] == "UNKNOWN"
+    assert r.status_code == 500, (r.status_code, r.text)
+    assert r.json() == SPEC_5XX
     assert_error(c.head(f"/v2/{repo}/blobs/{digest(data)}"), 404, "BLOB_UNKNOWN")
     assert c.get("/v2/").status_code == 200
+    assert c.get("/v2/_catalog").status_code == 200
     assert b.proc.poll() is None
     with pytest.raises(s3.exceptions.NoSuchBucket):
         s3.list_objects_v2(Bucket=bucket)
