@@ -289,8 +289,14 @@ impl Config {
             // Only variables that name a configuration section: BERTH_URL (the CLI's registry)
             // and other BERTH_* variables of tools around berth must not stop it starting.
             fig = fig.merge(Env::prefixed("BERTH_").split("__").filter(|k| {
-                let top = k.as_str().split('.').next().unwrap_or("");
-                CONFIG_KEYS.contains(&top)
+                // Keys keep the variable's case (figment's `Uncased`): compare in lowercase.
+                let top = k
+                    .as_str()
+                    .split('.')
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                CONFIG_KEYS.contains(&top.as_str())
             }));
         }
         let cfg: Config = fig.extract().map_err(|e| {
@@ -364,6 +370,21 @@ mod tests {
         let c = Config::load(None, false).unwrap();
         assert_eq!(c.listen, "0.0.0.0:5000");
         assert!(c.storage.delete_enabled);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_and_ignores_others() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BERTH_STORAGE__DELETE_ENABLED", "false");
+            jail.set_env("BERTH_LIMITS__MANIFEST_MAX_BYTES", "1024");
+            jail.set_env("BERTH_LISTEN", "127.0.0.1:1234");
+            jail.set_env("BERTH_URL", "http://elsewhere");
+            let c = Config::load(None, true).map_err(|e| e.to_string())?;
+            assert!(!c.storage.delete_enabled);
+            assert_eq!(c.limits.manifest_max_bytes, 1024);
+            assert_eq!(c.listen, "127.0.0.1:1234");
+            Ok(())
+        });
     }
 
     #[test]
