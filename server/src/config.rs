@@ -373,6 +373,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure type")]
     fn env_overrides_nested_keys_and_ignores_others() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("BERTH_STORAGE__DELETE_ENABLED", "false");
