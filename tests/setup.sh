@@ -17,7 +17,7 @@ die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
 
 # ---------------------------------------------------------------- 1. apt packages
-PKGS=(docker.io skopeo busybox-static docker-registry wrk curl jq iproute2)
+PKGS=(docker.io skopeo busybox-static docker-registry wrk curl jq iproute2 podman)
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
