@@ -162,48 +162,7 @@ pub struct StorageConfig {
     /// durability for speed on slow disks; a killed process still loses nothing.
     pub fsync: bool,
     /// The S3 backend's settings (`backend = "s3"`).
-    pub s3: S3Config,
-}
-
-/// S3 backend settings. Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID /
-/// AWS_SECRET_ACCESS_KEY, profiles, instance roles), never from this file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct S3Config {
-    /// Bucket.
-    pub bucket: String,
-    /// Key prefix.
-    pub prefix: String,
-    /// Region (else the AWS chain's).
-    pub region: Option<String>,
-    /// Endpoint URL for S3-compatible servers.
-    pub endpoint: Option<String>,
-    /// Path-style addressing.
-    pub force_path_style: bool,
-    /// Multipart part size in bytes (at least 5 MiB).
-    pub part_size: u64,
-    /// Redirect blob GETs to presigned URLs (else stream through berth).
-    pub redirect: bool,
-    /// Presigned URL lifetime.
-    pub presign_ttl_secs: u64,
-    /// Create the bucket at start when missing.
-    pub create_bucket: bool,
-}
-
-impl Default for S3Config {
-    fn default() -> Self {
-        Self {
-            bucket: String::new(),
-            prefix: String::new(),
-            region: None,
-            endpoint: None,
-            force_path_style: false,
-            part_size: 16 << 20,
-            redirect: true,
-            presign_ttl_secs: 900,
-            create_bucket: false,
-        }
-    }
+    pub s3: berth_storage::blob::s3::S3Settings,
 }
 
 impl Default for StorageConfig {
@@ -212,7 +171,7 @@ impl Default for StorageConfig {
             backend: Backend::Filesystem,
             delete_enabled: true,
             fsync: true,
-            s3: S3Config::default(),
+            s3: Default::default(),
         }
     }
 }

@@ -137,24 +137,11 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
             FsStore::with_sync(&cfg.data_dir, cfg.storage.fsync)
                 .context("opening the blob store")?,
         ),
-        config::Backend::S3 => {
-            let s = &cfg.storage.s3;
-            Arc::new(
-                berth_storage::blob::s3::S3Store::connect(berth_storage::blob::s3::S3Settings {
-                    bucket: s.bucket.clone(),
-                    prefix: s.prefix.clone(),
-                    region: s.region.clone(),
-                    endpoint: s.endpoint.clone(),
-                    force_path_style: s.force_path_style,
-                    part_size: s.part_size,
-                    redirect: s.redirect,
-                    presign_ttl: Duration::from_secs(s.presign_ttl_secs),
-                    create_bucket: s.create_bucket,
-                })
+        config::Backend::S3 => Arc::new(
+            berth_storage::blob::s3::S3Store::connect(cfg.storage.s3.clone())
                 .await
                 .context("connecting to S3")?,
-            )
-        }
+        ),
     };
     let meta = Meta::open_sqlite(&cfg.data_dir.join("berth.db"))
         .await

@@ -5,7 +5,6 @@
 use berth_storage::blob::s3::{S3Settings, S3Store};
 use berth_storage::blob::{BlobRef, BlobStore};
 use std::sync::Arc;
-use std::time::Duration;
 
 fn settings(bucket: &str) -> S3Settings {
     let endpoint = std::env::var("BERTH_TEST_S3_ENDPOINT")
@@ -18,7 +17,7 @@ fn settings(bucket: &str) -> S3Settings {
         force_path_style: true,
         part_size: 5 << 20,
         redirect: true,
-        presign_ttl: Duration::from_secs(60),
+        presign_ttl_secs: 60,
         create_bucket: true,
     }
 }

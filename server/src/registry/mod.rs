@@ -119,7 +119,7 @@ impl Registry {
     /// Cross-repository mount: links `digest` from `from` into `repo`. False when `from` does
     /// not have it (the caller then starts a normal upload).
     pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool> {
-        if self.meta.repo_blob_size(from, digest).await?.is_none() {
+        if self.meta.repo_blob(from, digest).await?.is_none() {
             return Ok(false);
         }
         Ok(self.meta.link_blob(repo, digest).await?)
@@ -261,12 +261,12 @@ impl Registry {
                             }
                         }
                         // Foreign layers live elsewhere; served as pushed when present here.
-                        if self.meta.repo_blob_size(repo, &d.digest).await?.is_some() {
+                        if self.meta.repo_blob(repo, &d.digest).await?.is_some() {
                             out.blobs.push(d.digest.clone());
                         }
                         continue;
                     }
-                    let size = match self.meta.repo_blob_size(repo, &d.digest).await? {
+                    let size = match self.meta.repo_blob(repo, &d.digest).await?.map(|(s, _)| s) {
                         Some(s) => s,
                         None if d.digest.as_str() == mt::EMPTY_JSON_DIGEST && d.size == 2 => {
                             // The well-known empty config `{}`: some clients never push it.

@@ -34,8 +34,11 @@ const MAX_PART: u64 = 5 << 30;
 /// S3's part count limit.
 const MAX_PARTS: usize = 10_000;
 
-/// How to reach the bucket.
-#[derive(Debug, Clone)]
+/// How to reach the bucket: the `[storage.s3]` section of berth's configuration as it is.
+/// Credentials are never here: they come from the standard AWS chain (AWS_* variables,
+/// profiles, instance roles).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct S3Settings {
     /// Bucket name.
     pub bucket: String,
@@ -51,8 +54,8 @@ pub struct S3Settings {
     pub part_size: u64,
     /// Answer blob GETs with a redirect to a presigned URL.
     pub redirect: bool,
-    /// Lifetime of presigned URLs.
-    pub presign_ttl: Duration,
+    /// Lifetime of presigned URLs, in seconds.
+    pub presign_ttl_secs: u64,
     /// Create the bucket at start if it does not exist (development and tests).
     pub create_bucket: bool,
 }
@@ -63,6 +66,22 @@ struct Upload {
     parts: Vec<CompletedPart>,
     buf: BytesMut,
     size: u64,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            part_size: 16 << 20,
+            redirect: true,
+            presign_ttl_secs: 900,
+            create_bucket: false,
+        }
+    }
 }
 
 /// The S3 store.
@@ -311,7 +330,7 @@ impl BlobStore for S3Store {
         if !self.s.redirect {
             return Ok(None);
         }
-        let cfg = PresigningConfig::expires_in(self.s.presign_ttl)
+        let cfg = PresigningConfig::expires_in(Duration::from_secs(self.s.presign_ttl_secs))
             .map_err(|e| Error::Io(io::Error::other(format!("presigning: {e}"))))?;
         let p = self
             .client

@@ -110,16 +110,30 @@ impl Meta {
 
     /// All users, by name (hashes included; callers must not print them).
     pub async fn users(&self) -> Result<Vec<User>> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM users ORDER BY name")
+        let rows = sqlx::query("SELECT name, password_hash, admin FROM users ORDER BY name")
             .fetch_all(&self.read)
             .await?;
-        let mut out = Vec::new();
-        for n in names {
-            if let Some(u) = self.user(&n).await? {
-                out.push(u);
-            }
-        }
-        Ok(out)
+        let members =
+            sqlx::query("SELECT user_name, group_name FROM group_members ORDER BY group_name")
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let groups = members
+                    .iter()
+                    .filter(|m| m.get::<String, _>(0) == name)
+                    .map(|m| m.get::<String, _>(1))
+                    .collect();
+                User {
+                    password_hash: r.get(1),
+                    admin: r.get(2),
+                    groups,
+                    name,
+                }
+            })
+            .collect())
     }
 
     /// Deletes a user, its memberships and its rules. False if there was none.
@@ -220,12 +234,20 @@ impl Meta {
         Ok(())
     }
 
-    /// Rules of any of `principals` (all rules when empty).
+    /// Rules of any of `principals` (all rules when empty), filtered in SQL: this runs for
+    /// every token request.
     pub async fn permissions(&self, principals: &[String]) -> Result<Vec<Permission>> {
-        let rows =
-            sqlx::query("SELECT id, principal, pattern, actions FROM permissions ORDER BY id")
-                .fetch_all(&self.read)
-                .await?;
+        let mut sql = String::from("SELECT id, principal, pattern, actions FROM permissions");
+        if !principals.is_empty() {
+            let marks: Vec<String> = (1..=principals.len()).map(|i| format!("${i}")).collect();
+            sql.push_str(&format!(" WHERE principal IN ({})", marks.join(", ")));
+        }
+        sql.push_str(" ORDER BY id");
+        let mut q = sqlx::query(&sql);
+        for p in principals {
+            q = q.bind(p);
+        }
+        let rows = q.fetch_all(&self.read).await?;
         Ok(rows
             .into_iter()
             .map(|r| Permission {
@@ -234,7 +256,6 @@ impl Meta {
                 pattern: r.get(2),
                 actions: r.get(3),
             })
-            .filter(|p| principals.is_empty() || principals.contains(&p.principal))
             .collect())
     }
 }

@@ -229,30 +229,6 @@ impl Meta {
 
     // === blobs ===
 
-    /// Size of a blob if it is linked to `repo`.
-    pub async fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar(
-            "SELECT b.size FROM repo_blobs rb \
-             JOIN repositories r ON r.id = rb.repo_id \
-             JOIN blobs b ON b.digest = rb.digest \
-             WHERE r.name = $1 AND rb.digest = $2",
-        )
-        .bind(repo)
-        .bind(digest.as_str())
-        .fetch_optional(&self.read)
-        .await?;
-        Ok(size.map(|s| s as u64))
-    }
-
-    /// Size of a blob anywhere in the registry.
-    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
-            .bind(digest.as_str())
-            .fetch_optional(&self.read)
-            .await?;
-        Ok(size.map(|s| s as u64))
-    }
-
     /// Records a committed blob and links it to `repo`; removes the upload row, if any.
     /// Returns the blob as recorded: when another upload of the same digest got there first,
     /// its location wins and the caller removes the bytes it just stored.
@@ -750,8 +726,8 @@ mod tests {
         let meta = Meta::open_sqlite(&dir.path().join("m.db")).await.unwrap();
         let blob = Digest::sha256(b"layer");
         meta.commit_blob("a/b", &blob, 5, None, None).await.unwrap();
-        assert_eq!(meta.repo_blob_size("a/b", &blob).await.unwrap(), Some(5));
-        assert_eq!(meta.repo_blob_size("other", &blob).await.unwrap(), None);
+        assert_eq!(meta.repo_blob("a/b", &blob).await.unwrap(), Some((5, None)));
+        assert_eq!(meta.repo_blob("other", &blob).await.unwrap(), None);
         let content = br#"{"schemaVersion":2}"#;
         let d = Digest::sha256(content);
         let subject = Digest::sha256(b"s");
