@@ -13,6 +13,7 @@ pub mod name;
 pub mod pattern;
 pub mod platform;
 pub mod reference;
+pub mod verify;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error_code::ErrorCode;
