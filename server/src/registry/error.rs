@@ -48,6 +48,14 @@ pub enum RegistryError {
     /// Deletes are switched off.
     #[error("deletes are disabled on this registry")]
     DeleteDisabled,
+    /// A verification gate refused: required checks are missing or did not pass.
+    #[error("{what}: required verifications have not passed: {}", missing.join("; "))]
+    Unverified {
+        /// What was refused (`tag prod`, `pull of prod`).
+        what: String,
+        /// One line per missing check.
+        missing: Vec<String>,
+    },
     /// The store or the database failed.
     #[error(transparent)]
     Storage(#[from] berth_storage::Error),
@@ -87,6 +95,9 @@ impl From<RegistryError> for ApiError {
                 ApiError::oci(ErrorCode::ManifestBlobUnknown, msg).detail(json!({ "digest": d }))
             }
             E::DeleteDisabled => ApiError::oci(ErrorCode::Unsupported, msg),
+            E::Unverified { missing, .. } => {
+                ApiError::oci(ErrorCode::Denied, msg).detail(json!({ "missing": missing }))
+            }
             E::Storage(s) if s.is_storage_full() => ApiError::StorageFull(anyhow::Error::new(s)),
             E::Storage(s) => ApiError::Internal(anyhow::Error::new(s)),
         }

@@ -5,7 +5,9 @@
 //! share it. SQLite runs in WAL mode with one writer connection and a pool of readers.
 
 mod auth;
+mod verify;
 pub use auth::{Permission, Robot, User};
+pub use verify::{ClaimFilter, Finish, Finished, JobRow, NewJob, WorkerRow};
 
 use crate::{now_secs, Error, Result};
 use berth_oci::Digest;
