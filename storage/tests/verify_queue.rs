@@ -59,8 +59,18 @@ async fn enqueue_is_idempotent_and_claims_match_the_host() {
         job("sha256:a", Isolation::Process, Some("10.0.20348")),
         job("sha256:a", Isolation::HyperV, Some("10.0.17763")),
     ];
-    assert_eq!(meta.enqueue_jobs(&jobs, false).await.expect("enqueue").len(), 2);
-    assert!(meta.enqueue_jobs(&jobs, false).await.expect("again").is_empty());
+    assert_eq!(
+        meta.enqueue_jobs(&jobs, false)
+            .await
+            .expect("enqueue")
+            .len(),
+        2
+    );
+    assert!(meta
+        .enqueue_jobs(&jobs, false)
+        .await
+        .expect("again")
+        .is_empty());
 
     // A 17763 host with process isolation only matches nothing.
     let f = filter("10.0.17763", vec![Isolation::Process]);
@@ -69,10 +79,18 @@ async fn enqueue_is_idempotent_and_claims_match_the_host() {
     let f = filter("10.0.20348", vec![Isolation::Process, Isolation::HyperV]);
     let c = meta.claim_candidates(&f, 10).await.expect("c");
     assert_eq!(c.len(), 1);
-    let j = meta.try_claim(c[0].0, "L1", "w1", 60).await.expect("claim").expect("won");
+    let j = meta
+        .try_claim(c[0].0, "L1", "w1", 60)
+        .await
+        .expect("claim")
+        .expect("won");
     assert_eq!((j.state, j.attempts), (JobState::Running, 1));
     // Nobody else can take it while the lease runs.
-    assert!(meta.try_claim(c[0].0, "L2", "w2", 60).await.expect("claim").is_none());
+    assert!(meta
+        .try_claim(c[0].0, "L2", "w2", 60)
+        .await
+        .expect("claim")
+        .is_none());
     assert!(meta.claim_candidates(&f, 10).await.expect("c").is_empty());
 }
 
@@ -85,28 +103,44 @@ async fn an_expired_lease_goes_to_another_worker_and_the_old_lease_is_refused() 
     let f = filter("10.0.20348", vec![Isolation::Process]);
     let id = meta.claim_candidates(&f, 10).await.expect("c")[0].0;
     // A lease that ended a second ago.
-    meta.try_claim(id, "old", "w1", -1).await.expect("claim").expect("won");
+    meta.try_claim(id, "old", "w1", -1)
+        .await
+        .expect("claim")
+        .expect("won");
     assert!(!meta.heartbeat_job(id, "nope", 60).await.expect("hb"));
-    let j = meta.try_claim(id, "new", "w2", 60).await.expect("claim").expect("re-claimed");
+    let j = meta
+        .try_claim(id, "new", "w2", 60)
+        .await
+        .expect("claim")
+        .expect("re-claimed");
     assert_eq!(j.attempts, 2);
     assert!(!meta.heartbeat_job(id, "old", 60).await.expect("hb"));
     assert!(meta.heartbeat_job(id, "new", 60).await.expect("hb"));
     assert_eq!(
-        meta.finish_job(id, "old", &finish(JobState::Passed)).await.expect("finish"),
+        meta.finish_job(id, "old", &finish(JobState::Passed))
+            .await
+            .expect("finish"),
         Finished::LeaseLost
     );
-    let Finished::Stored(done) = meta.finish_job(id, "new", &finish(JobState::Passed)).await.expect("f")
+    let Finished::Stored(done) = meta
+        .finish_job(id, "new", &finish(JobState::Passed))
+        .await
+        .expect("f")
     else {
         panic!("not stored")
     };
     assert_eq!(done.state, JobState::Passed);
     // The same report again changes nothing.
     assert!(matches!(
-        meta.finish_job(id, "new", &finish(JobState::Passed)).await.expect("f"),
+        meta.finish_job(id, "new", &finish(JobState::Passed))
+            .await
+            .expect("f"),
         Finished::Repeated(_)
     ));
     assert_eq!(
-        meta.finish_job(id, "new", &finish(JobState::Failed)).await.expect("f"),
+        meta.finish_job(id, "new", &finish(JobState::Failed))
+            .await
+            .expect("f"),
         Finished::LeaseLost
     );
 }
@@ -119,8 +153,15 @@ async fn errors_are_retried_with_backoff_then_given_up() {
         .expect("enqueue");
     let f = filter("10.0.20348", vec![Isolation::Process]);
     let id = meta.claim_candidates(&f, 10).await.expect("c")[0].0;
-    meta.try_claim(id, "a", "w", 60).await.expect("claim").expect("won");
-    let Finished::Stored(j) = meta.retry_job(id, "a", 3600, "pull failed").await.expect("retry") else {
+    meta.try_claim(id, "a", "w", 60)
+        .await
+        .expect("claim")
+        .expect("won");
+    let Finished::Stored(j) = meta
+        .retry_job(id, "a", 3600, "pull failed")
+        .await
+        .expect("retry")
+    else {
         panic!("not stored")
     };
     assert_eq!(j.state, JobState::Queued);
@@ -131,9 +172,15 @@ async fn errors_are_retried_with_backoff_then_given_up() {
         .await
         .expect("enqueue");
     let id = meta.claim_candidates(&f, 10).await.expect("c")[0].0;
-    meta.try_claim(id, "x", "w", 60).await.expect("c").expect("won");
+    meta.try_claim(id, "x", "w", 60)
+        .await
+        .expect("c")
+        .expect("won");
     meta.retry_job(id, "x", 0, "boom").await.expect("retry");
-    meta.try_claim(id, "y", "w", 60).await.expect("c").expect("won again");
+    meta.try_claim(id, "y", "w", 60)
+        .await
+        .expect("c")
+        .expect("won again");
     let Finished::Stored(j) = meta.retry_job(id, "y", 0, "boom").await.expect("retry") else {
         panic!("not stored")
     };
@@ -148,12 +195,21 @@ async fn leases_lost_on_the_last_attempt_end_in_error() {
     meta.enqueue_jobs(&[j], false).await.expect("enqueue");
     let f = filter("10.0.20348", vec![Isolation::Process]);
     let id = meta.claim_candidates(&f, 10).await.expect("c")[0].0;
-    meta.try_claim(id, "a", "w", -1).await.expect("c").expect("won");
+    meta.try_claim(id, "a", "w", -1)
+        .await
+        .expect("c")
+        .expect("won");
     assert!(meta.claim_candidates(&f, 10).await.expect("c").is_empty());
     assert_eq!(meta.expire_jobs().await.expect("expire"), 1);
-    assert_eq!(meta.job(id).await.expect("job").expect("row").state, JobState::Error);
+    assert_eq!(
+        meta.job(id).await.expect("job").expect("row").state,
+        JobState::Error
+    );
     // Requeue on demand runs it again.
     let mut again = job("sha256:e", Isolation::Process, None);
     again.max_attempts = 1;
-    assert_eq!(meta.enqueue_jobs(&[again], true).await.expect("requeue"), vec![id]);
+    assert_eq!(
+        meta.enqueue_jobs(&[again], true).await.expect("requeue"),
+        vec![id]
+    );
 }

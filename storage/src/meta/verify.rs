@@ -234,7 +234,8 @@ impl Meta {
         let mut tx = WriteTx::begin(&self.write).await?;
         let mut queued = Vec::new();
         for j in jobs {
-            let platform = serde_json::to_string(&j.platform).map_err(|e| corrupt("platform", e))?;
+            let platform =
+                serde_json::to_string(&j.platform).map_err(|e| corrupt("platform", e))?;
             let probe = j
                 .probe
                 .as_ref()
@@ -305,7 +306,11 @@ impl Meta {
     }
 
     /// Up to `limit` claimable jobs a worker could take, oldest first: (id, repository).
-    pub async fn claim_candidates(&self, f: &ClaimFilter, limit: i64) -> Result<Vec<(i64, String)>> {
+    pub async fn claim_candidates(
+        &self,
+        f: &ClaimFilter,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>> {
         if f.isolation.is_empty() {
             return Ok(vec![]);
         }
@@ -489,7 +494,10 @@ impl Meta {
     /// One job.
     pub async fn job(&self, id: i64) -> Result<Option<JobRow>> {
         let sql = format!("SELECT {JOB_COLS} FROM verify_jobs WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
