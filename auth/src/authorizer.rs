@@ -74,6 +74,10 @@ impl Rules {
                 out.extend(a.iter().copied());
             }
         }
+        // A verifier robot pulls the images it verifies.
+        if out.contains(&Action::Verify) {
+            out.insert(Action::Pull);
+        }
         out
     }
 

@@ -15,6 +15,9 @@ pub enum Action {
     Push,
     /// Delete manifests, tags, blobs.
     Delete,
+    /// Claim and report verification jobs of the repository (berth-verifier robots); implies
+    /// pull, which a worker needs to fetch the candidate image.
+    Verify,
     /// Everything (also "*").
     #[serde(rename = "*")]
     All,
@@ -27,6 +30,7 @@ impl Action {
             "pull" => Some(Action::Pull),
             "push" => Some(Action::Push),
             "delete" => Some(Action::Delete),
+            "verify" => Some(Action::Verify),
             "*" | "admin" => Some(Action::All),
             _ => None,
         }
@@ -38,6 +42,7 @@ impl Action {
             Action::Pull => "pull",
             Action::Push => "push",
             Action::Delete => "delete",
+            Action::Verify => "verify",
             Action::All => "*",
         }
     }
@@ -48,9 +53,11 @@ impl Action {
     }
 }
 
-/// Whether `granted` covers `needed` (`*` covers everything).
+/// Whether `granted` covers `needed` (`*` covers everything; `verify` covers `pull`).
 pub fn covers(granted: &BTreeSet<Action>, needed: Action) -> bool {
-    granted.contains(&Action::All) || granted.contains(&needed)
+    granted.contains(&Action::All)
+        || granted.contains(&needed)
+        || (needed == Action::Pull && granted.contains(&Action::Verify))
 }
 
 /// A requested scope.
@@ -143,5 +150,8 @@ mod tests {
         assert!(Scope::parse("repository::pull").is_none());
         assert!(covers(&Action::parse_list("*"), Action::Delete));
         assert!(!covers(&Action::parse_list("pull"), Action::Push));
+        assert!(covers(&Action::parse_list("verify"), Action::Pull));
+        assert!(!covers(&Action::parse_list("verify"), Action::Push));
+        assert!(!covers(&Action::parse_list("pull"), Action::Verify));
     }
 }
