@@ -29,6 +29,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// HTTPS.
     pub tls: TlsConfig,
+    /// The verification gate (docs/VERIFY.md).
+    pub verify: crate::registry::verification::VerifyConfig,
 }
 
 /// Access control (docs/AUTH.md).
@@ -117,6 +119,7 @@ impl Default for Config {
             validation: Default::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            verify: Default::default(),
         }
     }
 }
@@ -232,6 +235,7 @@ const CONFIG_KEYS: &[&str] = &[
     "validation",
     "auth",
     "tls",
+    "verify",
 ];
 
 impl Config {
@@ -281,6 +285,8 @@ impl Config {
         }
         crate::registry::policy::Policies::new(self.validation.clone())
             .map_err(|e| anyhow::anyhow!("invalid value for key \"validation\": {e}"))?;
+        crate::registry::verification::Policies::new(self.verify.clone())
+            .map_err(|e| anyhow::anyhow!("invalid value for key \"verify\": {e}"))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!(
                 "invalid value for key \"log.level\": {:?}: {e}",

@@ -13,7 +13,7 @@ pub mod tls;
 
 use anyhow::Context;
 use axum::http::HeaderValue;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use berth_storage::blob::fs::FsStore;
 use berth_storage::meta::Meta;
@@ -68,6 +68,25 @@ pub fn app(state: AppState) -> Router {
             "/berth/v1/permissions",
             get(routes::admin::list_permissions).post(routes::admin::create_permission),
         )
+        .route(
+            "/berth/v1/verify/workers",
+            get(routes::verify::workers).post(routes::verify::register),
+        )
+        .route("/berth/v1/verify/claim", post(routes::verify::claim))
+        .route(
+            "/berth/v1/verify/jobs",
+            get(routes::verify::jobs).post(routes::verify::verify_now),
+        )
+        .route("/berth/v1/verify/jobs/{id}", get(routes::verify::job))
+        .route(
+            "/berth/v1/verify/jobs/{id}/heartbeat",
+            post(routes::verify::heartbeat),
+        )
+        .route(
+            "/berth/v1/verify/jobs/{id}/result",
+            post(routes::verify::result),
+        )
+        .route("/berth/v1/verify/status", get(routes::verify::status))
         .method_not_allowed_fallback(|| async {
             error::ApiError::oci(
                 berth_oci::ErrorCode::Unsupported,
@@ -152,6 +171,8 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
         upload_ttl: Duration::from_secs(cfg.uploads.ttl_secs),
         policies: registry::policy::Policies::new(cfg.validation.clone())
             .context("compiling validation rules")?,
+        verify: registry::verification::Policies::new(cfg.verify.clone())
+            .context("compiling verification policies")?,
     };
     Ok(Arc::new(Registry::new(store, meta, settings)))
 }

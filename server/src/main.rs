@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod cli_client;
+mod verify_cli;
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +101,20 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Verification gate: `berth verify <ref>` queues every check of a reference again;
+    /// `status` shows them; `wait` blocks until they end (for CI).
+    #[command(args_conflicts_with_subcommands = true)]
+    Verify {
+        #[command(subcommand)]
+        op: Option<VerifyOp>,
+        /// `repository:tag` or `repository@digest` to verify (again).
+        reference: Option<String>,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: verify_cli::Conn,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -152,6 +167,29 @@ enum UserOp {
     Del { name: String },
     /// List users.
     List,
+}
+
+#[derive(Subcommand)]
+enum VerifyOp {
+    /// Show every required check of a reference; exit 0 when all passed.
+    Status {
+        /// `repository:tag` or `repository@digest`.
+        reference: String,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until every required check ended. Exit 0: all passed; 1: one did not; 2: timeout.
+    Wait {
+        /// `repository:tag` or `repository@digest`.
+        reference: String,
+        /// Give up after this long (`30m`, `1h`, `90s`).
+        #[arg(long, default_value = "30m")]
+        timeout: String,
+        /// How often to ask.
+        #[arg(long, default_value = "2s")]
+        interval: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +358,43 @@ fn main() -> ExitCode {
             registry,
             json,
         } => cli_client::run(cli_client::inspect(&registry, &reference, json)),
+        Command::Verify {
+            op,
+            reference,
+            json,
+            conn,
+        } => match (op, reference) {
+            (Some(VerifyOp::Status { reference, json }), _) => {
+                verify_cli::status(&conn, &reference, json)
+            }
+            (
+                Some(VerifyOp::Wait {
+                    reference,
+                    timeout,
+                    interval,
+                }),
+                _,
+            ) => match (
+                verify_cli::parse_timeout(&timeout),
+                verify_cli::parse_timeout(&interval),
+            ) {
+                (Ok(t), Ok(i)) => verify_cli::wait(
+                    &conn,
+                    &reference,
+                    t,
+                    i.max(std::time::Duration::from_millis(200)),
+                ),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("berth: {e:#}");
+                    ExitCode::from(3)
+                }
+            },
+            (None, Some(reference)) => verify_cli::queue(&conn, &reference, json),
+            (None, None) => {
+                eprintln!("berth verify: give a reference, or `status <ref>` / `wait <ref>`");
+                ExitCode::from(3)
+            }
+        },
         Command::CheckConfig { file } => match Config::load(Some(&file), false) {
             Ok(_) => {
                 println!("ok");

@@ -8,6 +8,7 @@ mod error;
 mod platforms;
 pub mod policy;
 mod uploads;
+pub mod verification;
 
 pub(crate) use error::upload_range;
 pub use error::RegistryError;
@@ -34,6 +35,8 @@ pub struct Settings {
     pub upload_ttl: Duration,
     /// Validation policies.
     pub policies: policy::Policies,
+    /// Verification policies.
+    pub verify: verification::Policies,
 }
 
 /// The registry: blob store, metadata, caches and in-flight upload state.
@@ -44,6 +47,8 @@ pub struct Registry {
     pub meta: Meta,
     /// Settings.
     pub settings: Settings,
+    /// Wakes workers waiting in a claim when jobs are queued.
+    pub verify_wake: tokio::sync::Notify,
     cache: Cache,
     uploads: uploads::Sessions,
 }
@@ -70,6 +75,7 @@ impl Registry {
             store,
             meta,
             settings,
+            verify_wake: tokio::sync::Notify::new(),
             cache: Cache::new(),
             uploads: uploads::Sessions::default(),
         }
@@ -209,6 +215,16 @@ impl Registry {
             }
         }
         let checked = self.check_references(repo, &manifest).await?;
+        // Protected tags may only point at verified manifests. A refused manifest is still
+        // stored (untagged) and its checks queued, so the same push succeeds once they pass.
+        let refused = if tags.is_empty() {
+            None
+        } else {
+            self.tag_gate(repo, &digest, &manifest, &tags).await?
+        };
+        if refused.is_some() {
+            tags.clear();
+        }
         let annotations = manifest
             .annotations
             .as_ref()
@@ -229,6 +245,17 @@ impl Registry {
         self.meta.put_manifest(repo, &new, &tags).await?;
         self.cache.invalidate();
         tracing::info!(repo.name = repo, manifest.digest = %digest, tags = ?tags, "manifest stored");
+        if manifest.subject.is_none() {
+            // Queueing is not part of the push: a failure is logged, and `berth verify`
+            // queues again.
+            // Boxed: recording a result stores a manifest, which comes back here.
+            if let Err(e) = Box::pin(self.enqueue_verification(repo, &digest, false)).await {
+                tracing::warn!(repo.name = repo, manifest.digest = %digest, error = %e, "could not queue verification");
+            }
+        }
+        if let Some(e) = refused {
+            return Err(e);
+        }
         Ok(PutManifest {
             digest,
             subject,

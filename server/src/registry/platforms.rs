@@ -104,7 +104,7 @@ fn platform_of(e: &IndexEntry) -> Option<Platform> {
 
 impl Registry {
     /// Reads a small blob whole (image configs).
-    async fn read_small_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+    pub(super) async fn read_small_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
         let Some((size, location)) = self.meta.blob(digest).await? else {
             return Ok(None);
         };
@@ -129,7 +129,7 @@ impl Registry {
     }
 
     /// The image config of a stored image manifest, with its manifest.
-    async fn image_of(
+    pub(super) async fn image_of(
         &self,
         m: &StoredManifest,
     ) -> Result<Option<(Manifest, Option<ImageConfig>)>> {

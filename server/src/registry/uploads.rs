@@ -338,6 +338,14 @@ impl Registry {
         Ok(digest)
     }
 
+    /// Stores a small blob the registry made itself (verification results).
+    pub(super) async fn put_blob_bytes(&self, repo: &str, bytes: Vec<u8>) -> Result<Digest> {
+        let digest = Digest::sha256(&bytes);
+        let body = futures::stream::once(async move { Ok(bytes::Bytes::from(bytes)) }).boxed();
+        self.monolithic_upload(repo, &digest, body).await?;
+        Ok(digest)
+    }
+
     /// Cancels an upload.
     pub async fn cancel_upload(&self, repo: &str, id: Uuid) -> Result<()> {
         let session = self.uploads.get(id);

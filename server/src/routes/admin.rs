@@ -16,16 +16,18 @@ use serde::Deserialize;
 use serde_json::json;
 use std::net::SocketAddr;
 
-async fn require_admin(
+/// Who is calling the `/berth/v1/` API: `None` when auth is off (everything is allowed).
+/// Basic credentials (rate limited like logins) or a berth token.
+pub(crate) async fn api_principal(
     st: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<(), ApiError> {
+) -> Result<Option<Principal>, ApiError> {
     let Some(a) = st.auth.as_deref() else {
-        return Ok(());
+        return Ok(None);
     };
     let unauthorized = || {
-        ApiError::oci(ErrorCode::Unauthorized, "admin credentials required").header(
+        ApiError::oci(ErrorCode::Unauthorized, "credentials required").header(
             "www-authenticate",
             format!("Basic realm=\"{}\"", a.cfg.service),
         )
@@ -50,22 +52,30 @@ async fn require_admin(
             .map_err(|_| unauthorized())?;
         a.principal(&caller).await?.ok_or_else(unauthorized)?
     };
-    match principal {
-        Principal::User { admin: true, .. } => Ok(()),
-        _ => Err(ApiError::oci(ErrorCode::Denied, "admin rights required")),
+    Ok(Some(principal))
+}
+
+pub(crate) async fn require_admin(
+    st: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    match api_principal(st, headers, peer).await? {
+        None | Some(Principal::User { admin: true, .. }) => Ok(()),
+        Some(_) => Err(ApiError::oci(ErrorCode::Denied, "admin rights required")),
     }
 }
 
 /// Parses a JSON body after the caller was checked, with errors in the spec's format.
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad(anyhow::anyhow!("invalid JSON body: {e}")))
 }
 
-fn bad(e: anyhow::Error) -> ApiError {
+pub(crate) fn bad(e: anyhow::Error) -> ApiError {
     ApiError::oci(ErrorCode::Unsupported, format!("{e:#}")).status(StatusCode::BAD_REQUEST)
 }
 
-fn not_found(what: &str) -> ApiError {
+pub(crate) fn not_found(what: &str) -> ApiError {
     ApiError::oci(ErrorCode::NameUnknown, format!("{what} not found")).status(StatusCode::NOT_FOUND)
 }
 

@@ -9,7 +9,7 @@ use berth_oci::platform::{ClientRule, Host, Isolation, Platform};
 use berth_oci::{ErrorCode, Reference, RepoName};
 use serde::Deserialize;
 
-fn bad_query(e: QueryRejection) -> ApiError {
+pub(crate) fn bad_query(e: QueryRejection) -> ApiError {
     ApiError::oci(
         ErrorCode::Unsupported,
         format!("invalid query: {}", e.body_text()),

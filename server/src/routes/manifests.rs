@@ -22,6 +22,7 @@ pub async fn get(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
+    st.registry.pull_gate(name.as_str(), &reference).await?;
     let m = st
         .registry
         .manifest_for_accept(name.as_str(), &reference, &accept)

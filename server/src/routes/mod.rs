@@ -12,6 +12,7 @@ mod manifests;
 mod referrers;
 pub mod token;
 mod uploads;
+pub mod verify;
 
 use crate::auth::{Caller, Need};
 use crate::error::ApiError;
