@@ -5,5 +5,12 @@
 //! It talks to the registry over HTTP like any client and depends only on `berth-oci`, so it
 //! builds for Windows alone.
 
+pub mod client;
 pub mod hcs;
+#[cfg(target_os = "linux")]
+pub mod oci_runtime;
 pub mod runner;
+#[cfg(target_os = "linux")]
+pub mod shim;
+pub mod unpack;
+pub mod worker;
