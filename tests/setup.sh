@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian 12 machine (run as root) for berth's end-to-end tests.
 # Idempotent: every step checks first and does nothing when already done.
-#   1. apt packages: docker.io skopeo busybox-static docker-registry wrk curl jq iproute2
+#   1. apt packages: docker.io skopeo busybox-static docker-registry wrk curl jq iproute2 podman runc
 #   2. <repo>/.venv with pytest, requests, oras, pyjwt[crypto], cryptography, moto[server], boto3 (PyPI)
 #   3. a running dockerd (started in the background when `docker info` fails)
 set -euo pipefail
@@ -17,7 +17,7 @@ die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
 
 # ---------------------------------------------------------------- 1. apt packages
-PKGS=(docker.io skopeo busybox-static docker-registry wrk curl jq iproute2 podman)
+PKGS=(docker.io skopeo busybox-static docker-registry wrk curl jq iproute2 podman runc)
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
