@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod cli_client;
+mod mirror_cli;
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +101,11 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Mirror upstream repositories: run one now, or show runs.
+    Mirror {
+        #[command(subcommand)]
+        op: MirrorOp,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -152,6 +158,33 @@ enum UserOp {
     Del { name: String },
     /// List users.
     List,
+}
+
+#[derive(Subcommand)]
+enum MirrorOp {
+    /// Copy what is missing from the upstream now; exits 1 when items failed.
+    Run {
+        /// The mirror's name.
+        name: String,
+        #[command(flatten)]
+        target: mirror_cli::Target,
+        /// Print the run report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last run of every mirror, or the runs of one.
+    Status {
+        /// A mirror's name.
+        name: Option<String>,
+        #[command(flatten)]
+        target: mirror_cli::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many runs of one mirror.
+        #[arg(long, default_value_t = 10)]
+        n: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +353,21 @@ fn main() -> ExitCode {
             registry,
             json,
         } => cli_client::run(cli_client::inspect(&registry, &reference, json)),
+        Command::Mirror { op } => match op {
+            MirrorOp::Run { name, target, json } => {
+                if target.registry.is_none() && std::env::var_os("RUST_LOG").is_some() {
+                    let cfg = Config::default();
+                    berth_server::init_logging(&cfg);
+                }
+                cli_client::run(mirror_cli::run(&name, &target, json))
+            }
+            MirrorOp::Status {
+                name,
+                target,
+                json,
+                n,
+            } => cli_client::run(mirror_cli::status(name.as_deref(), &target, json, n)),
+        },
         Command::CheckConfig { file } => match Config::load(Some(&file), false) {
             Ok(_) => {
                 println!("ok");

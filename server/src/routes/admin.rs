@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::net::SocketAddr;
 
-async fn require_admin(
+pub(crate) async fn require_admin(
     st: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
@@ -57,15 +57,15 @@ async fn require_admin(
 }
 
 /// Parses a JSON body after the caller was checked, with errors in the spec's format.
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad(anyhow::anyhow!("invalid JSON body: {e}")))
 }
 
-fn bad(e: anyhow::Error) -> ApiError {
+pub(crate) fn bad(e: anyhow::Error) -> ApiError {
     ApiError::oci(ErrorCode::Unsupported, format!("{e:#}")).status(StatusCode::BAD_REQUEST)
 }
 
-fn not_found(what: &str) -> ApiError {
+pub(crate) fn not_found(what: &str) -> ApiError {
     ApiError::oci(ErrorCode::NameUnknown, format!("{what} not found")).status(StatusCode::NOT_FOUND)
 }
 
