@@ -40,6 +40,7 @@ class FakeRegistry:
     def __init__(self):
         self.repos = {}      # repo -> {"tags": {tag: digest}, "manifests": {digest: (bytes, mt)}}
         self.blobs = {}
+        self.files = {}      # other paths (foreign layer URLs) -> bytes
         self.rate = 0
         self.status = None
         self.retry_after = None
@@ -120,6 +121,8 @@ class FakeRegistry:
             return self._send(h, self.status, body, [("Content-Type", "application/json")] + hdrs, head)
         if path in ("/v2/", "/v2"):
             return self._send(h, 200, b"{}", head=head)
+        if path in self.files:
+            return self._send(h, 200, self.files[path], head=head)
         m = re.match(r"^/v2/(.+)/(manifests|blobs|tags)/([^/]+)$", path)
         if not m:
             return self._send(h, 404, head=head)
@@ -414,6 +417,35 @@ def test_interrupted_run_resumes_where_it_stopped(fake, tmp_path):
         assert get_manifest(Client(b.url), "m/big/img", "1").content == img.manifest
     finally:
         b.stop()
+
+
+# ---------------------------------------------------------------- foreign layers
+
+def test_foreign_layers_kept_as_urls_or_fetched(fake, berth_factory):
+    img = wi.windows_image("10.0.17763.5936", fmt="docker",
+                           foreign_urls=lambda d: [f"{fake.url}/files/{d}"])
+    base = img.layers[0]
+    assert not base.push and base.urls
+    fake.put_image("windows/servercore", img, tag="ltsc2019")
+    fake.files[f"/files/{base.digest}"] = base.blob
+    cfg = ("[validation]\nforeign_layer_allow = ['^http://127\\.0\\.0\\.1:']\n"
+           + mirror_toml("keep", fake.url, ["windows/servercore"], "k")
+           + mirror_toml("fetch", fake.url, ["windows/servercore"], "f", foreign="fetch"))
+    reg = berth_factory(config=cfg)
+    c = Client(reg.url)
+    rep = run_remote(reg, "keep")
+    assert rep["failed"] == 0, rep
+    assert get_manifest(c, "k/windows/servercore", "ltsc2019").content == img.manifest
+    assert c.get(f"/v2/k/windows/servercore/blobs/{base.digest}").status_code == 404
+    assert fake.count("GET", f"/files/{base.digest}") == 0
+    rep = run_remote(reg, "fetch")
+    assert rep["failed"] == 0, rep
+    assert get_manifest(c, "f/windows/servercore", "ltsc2019").content == img.manifest
+    g = c.get(f"/v2/f/windows/servercore/blobs/{base.digest}")
+    assert g.status_code == 200 and g.content == base.blob
+    # The upstream registry is asked first, then the layer's URL.
+    assert fake.count("GET", f"/blobs/{base.digest}") == 1
+    assert fake.count("GET", f"/files/{base.digest}") == 1
 
 
 # ---------------------------------------------------------------- pull-through cache
