@@ -510,3 +510,26 @@ def test_pull_through_passes_429_with_retry_after(fake, berth_factory):
     fake.status = 429
     time.sleep(1.2)
     assert get_manifest(c, "cache/library/busybox", "1").content == img.manifest
+
+
+def test_pull_through_streams_a_blob_miss_and_keeps_it_when_the_client_hangs_up(fake, berth_factory):
+    blob = os.urandom(24 << 20)
+    d = sha256(blob)
+    fake.repos["big/layer"] = {"tags": {}, "manifests": {}}
+    fake.blobs[d] = blob
+    fake.rate = 8 << 20                       # three seconds for the whole blob
+    reg = berth_factory(config=proxy_toml(fake.url))
+    t = time.time()
+    r = requests.get(f"{reg.url}/v2/cache/big/layer/blobs/{d}", stream=True, timeout=30)
+    assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(blob)
+    assert r.headers["Docker-Content-Digest"] == d
+    next(r.iter_content(1 << 16))
+    assert time.time() - t < 1.5, "the first bytes waited for the whole download"
+    r.close()                                  # the client hangs up; the copy goes on
+    deadline = time.time() + 30
+    while fake.sent < len(blob) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    fake.stop()
+    g = requests.get(f"{reg.url}/v2/cache/big/layer/blobs/{d}")
+    assert g.status_code == 200 and g.content == blob

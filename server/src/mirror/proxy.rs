@@ -186,6 +186,97 @@ impl Mirrors {
         Ok(m.digest)
     }
 
+    /// A whole-blob GET missing under a cache prefix: the upstream's bytes go to the client
+    /// while they are stored (digest checked at the end), so the first pull of a multi-GB layer
+    /// does not wait for the whole download. The copy finishes even if the client hangs up.
+    /// `None`: not a miss this handles (not proxied, present, a HEAD or a Range request, or an
+    /// upstream that does not say the length); the caller goes on with [`Self::ensure_blob`].
+    pub async fn stream_blob_miss(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        whole_get: bool,
+    ) -> Result<Option<axum::response::Response>, ApiError> {
+        let Some((p, up_repo)) = self.proxy_for(repo) else {
+            return Ok(None);
+        };
+        let reg = &self.registry;
+        if !whole_get
+            || reg
+                .meta
+                .repo_blob(repo, digest)
+                .await
+                .map_err(internal)?
+                .is_some()
+        {
+            return Ok(None);
+        }
+        let lock = self.fetches.lock_for(&format!("b {digest}"));
+        let Ok(held) = lock.clone().try_lock_owned() else {
+            // Another request is fetching it: wait for that copy instead.
+            return Ok(None);
+        };
+        if reg.meta.link_blob(repo, digest).await.map_err(internal)? {
+            return Ok(None);
+        }
+        let resp = match p.up.get_blob(up_repo, digest, 0).await {
+            Ok(r) => r,
+            Err(UpstreamError::NotFound) => return Ok(None),
+            Err(e) => return Err(api_error(e)),
+        };
+        let Some(len) = resp.content_length() else {
+            return Ok(None);
+        };
+        type Chunk = std::io::Result<bytes::Bytes>;
+        let (store_tx, store_rx) = futures::channel::mpsc::channel::<Chunk>(8);
+        let (client_tx, client_rx) = futures::channel::mpsc::channel::<Chunk>(8);
+        let reg = self.registry.clone();
+        let (repo_owned, digest_owned) = (repo.to_owned(), digest.clone());
+        tokio::spawn(async move {
+            use futures::SinkExt;
+            let _held = held;
+            let store = reg.monolithic_upload(&repo_owned, &digest_owned, store_rx.boxed());
+            let pump = async move {
+                let (mut store_tx, mut client_tx) = (store_tx, client_tx);
+                let mut client = true;
+                let mut upstream = resp.bytes_stream();
+                while let Some(c) = upstream.next().await {
+                    let c = c.map_err(std::io::Error::other);
+                    let failed = c.is_err();
+                    let copy = match &c {
+                        Ok(b) => Ok(b.clone()),
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    };
+                    if client && client_tx.send(copy).await.is_err() {
+                        client = false;
+                    }
+                    if store_tx.send(c).await.is_err() || failed {
+                        break;
+                    }
+                }
+            };
+            let (stored, ()) = futures::join!(store, pump);
+            match stored {
+                Ok(n) => {
+                    tracing::info!(repo.name = %repo_owned, blob.digest = %digest_owned, size_bytes = n, "pull-through: blob cached while streamed")
+                }
+                Err(e) => {
+                    tracing::warn!(repo.name = %repo_owned, blob.digest = %digest_owned, error = %e, "pull-through: streamed blob not cached")
+                }
+            }
+        });
+        use axum::http::header;
+        axum::response::Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, len)
+            .header("docker-content-digest", digest.as_str())
+            .header(header::ETAG, format!("\"{digest}\""))
+            .body(axum::body::Body::from_stream(client_rx))
+            .map(Some)
+            .map_err(internal)
+    }
+
     /// Before a blob GET/HEAD: makes the blob present here if `repo` is under a cache prefix.
     pub async fn ensure_blob(&self, repo: &str, digest: &Digest) -> Result<(), ApiError> {
         let Some((p, up_repo)) = self.proxy_for(repo) else {

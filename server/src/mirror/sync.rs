@@ -385,10 +385,42 @@ impl Copier<'_> {
                 }
             }
         }
-        let (mut id, mut offset) = match session {
+        let resumed = session.is_some();
+        let (id, offset) = match session {
             Some(s) => s,
             None => (self.new_session(dst, &d.digest).await?, 0),
         };
+        match self.fetch_into(src, dst, d, url, size, id, offset).await {
+            // A session this store cannot continue (S3 cannot read back the parts it holds
+            // to rebuild the hash): start again from the first byte.
+            Err(SyncError::Registry(RegistryError::UploadUnknown(_))) if resumed => {
+                self.progress.line(&format!(
+                    "cannot resume {} here; fetching it again",
+                    d.digest
+                ));
+                let _ = self.reg.cancel_upload(dst, id).await;
+                let id = self.new_session(dst, &d.digest).await?;
+                self.fetch_into(src, dst, d, url, size, id, 0).await
+            }
+            r => r,
+        }
+    }
+
+    /// Streams the blob from `offset` into upload session `id` and publishes it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site pair, all plain values"
+    )]
+    async fn fetch_into(
+        &self,
+        src: &str,
+        dst: &str,
+        d: &Descriptor,
+        url: Option<&str>,
+        size: u64,
+        mut id: Uuid,
+        mut offset: u64,
+    ) -> Result<()> {
         if offset < size {
             let resp = match url {
                 Some(u) if offset == 0 => self.up.get_url(u).await?,

@@ -203,7 +203,15 @@ pub async fn dispatch(
         (Method::DELETE, OciPath::Manifest { name, reference }) => {
             manifests::delete(&st, name, reference).await
         }
-        (Method::GET | Method::HEAD, OciPath::Blob { name, digest }) => {
+        (ref m @ (Method::GET | Method::HEAD), OciPath::Blob { name, digest }) => {
+            let whole_get = *m == Method::GET && !req.headers().contains_key("range");
+            if let Some(resp) = st
+                .mirrors
+                .stream_blob_miss(name.as_str(), &digest, whole_get)
+                .await?
+            {
+                return Ok(resp);
+            }
             st.mirrors.ensure_blob(name.as_str(), &digest).await?;
             blobs::get(&st, name, digest, req).await
         }
