@@ -228,6 +228,10 @@ def upstream(tmp_path_factory):
     body, dgst = wi.push_list(c, "windows/servercore", "ltsc", imgs, fmt="oci")
     app = wi.linux_image("amd64", fmt="oci", layers=1)
     wi.push_image(c, "lib/app", app)
+    # Single-platform tags, as MCR publishes them next to the lists.
+    for im in imgs[:3]:
+        build = im.platform["os.version"].split(".")[2]
+        wi.push_image(c, "windows/servercore", im, tag=f"{build}-amd64")
     for t in ["1.0.0", "1.2.0", "v1.3", "1.2.5-rc1", "2.0.0", "latest", "nightly-2024"]:
         r = c.put_manifest("lib/app", t, app.manifest, app.media_type)
         assert r.status_code == 201
@@ -255,7 +259,7 @@ def test_unfiltered_mirror_keeps_the_index_digest_and_second_run_copies_nothing(
             assert g.status_code == 200 and sha256(g.content) == d
     again = run_remote(reg, "sc")
     assert again["copied"] == 0 and again["failed"] == 0 and again["bytes"] == 0, again
-    assert [i["detail"] for i in again["items"]] == ["unchanged upstream"]
+    assert [i["detail"] for i in again["items"]] == ["unchanged upstream"] * 4
     # Status, through the API and the CLI.
     s = requests.get(reg.url + "/berth/v1/mirrors/sc/runs").json()["runs"]
     assert [r["id"] for r in s] == [again["id"], rep["id"]]
@@ -294,6 +298,11 @@ def test_filtered_by_os_version_sparse_keeps_the_digest_and_new_index_names_its_
     assert r.headers["Docker-Content-Digest"] == sha256(r.content)
     again = run_remote(reg, "fresh")
     assert again["copied"] == 0 and again["bytes"] == 0, again
+    # Single-platform tags are filtered by what their image config says.
+    tags = Client(reg.url).get("/v2/nw/windows/servercore/tags/list").json()["tags"]
+    assert tags == ["17763-amd64", "20348-amd64", "ltsc"]
+    skipped = [i for i in rep["items"] if i["outcome"] == "skipped"]
+    assert [i["tag"] for i in skipped] == ["26100-amd64"] and "no platform filter" in skipped[0]["detail"]
 
 
 def test_tag_filters_regex_semver_exclude(upstream, berth_factory):

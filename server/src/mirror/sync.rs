@@ -18,6 +18,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// Image configs larger than this are not read to filter single-platform tags.
+const MAX_CONFIG_BYTES: i64 = 4 << 20;
+
 /// The annotation a filtered (non-sparse) index carries: the digest of the upstream index.
 pub const SOURCE_DIGEST_ANNOTATION: &str = "dev.berth.mirror.source-digest";
 
@@ -36,6 +39,9 @@ pub enum SyncError {
     /// Something upstream is not what it claims.
     #[error("{0}")]
     Invalid(String),
+    /// The platform filters leave nothing of this tag (a skip, not a failure).
+    #[error("{0}")]
+    Filtered(String),
 }
 
 type Result<T, E = SyncError> = std::result::Result<T, E>;
@@ -102,6 +108,17 @@ impl Copier<'_> {
                             outcome: "skipped".into(),
                             digest: Some(d.to_string()),
                             detail: Some(why.into()),
+                        });
+                    }
+                    Err(SyncError::Filtered(why)) => {
+                        self.live.skipped.fetch_add(1, Ordering::Relaxed);
+                        self.progress.line(&format!("skipped {dst}:{tag}: {why}"));
+                        self.live.push(ReportItem {
+                            repository: dst.clone(),
+                            tag: Some(tag),
+                            outcome: "skipped".into(),
+                            digest: None,
+                            detail: Some(why),
                         });
                     }
                     Err(e) => self.fail(&dst, Some(tag), e.to_string()),
@@ -186,6 +203,20 @@ impl Copier<'_> {
         let present = self.reg.meta.manifest_exists(dst, &m.digest).await?;
         match parsed.kind {
             ManifestKind::Image => {
+                if top && !present && self.filters.filters_platforms() {
+                    // A single-platform tag: its image config says what platform it is.
+                    let p = match &parsed.config {
+                        Some(c) => self.image_platform(src, c).await?,
+                        None => None,
+                    };
+                    if !self.filters.platform(p.as_ref()) {
+                        return Err(SyncError::Filtered(format!(
+                            "image {} ({}) matches no platform filter",
+                            m.digest,
+                            p.map_or("no platform".into(), |p| p.to_string())
+                        )));
+                    }
+                }
                 if !present {
                     for d in parsed.config.iter().chain(parsed.layers.iter()) {
                         self.ensure_blob(src, dst, d).await?;
@@ -212,8 +243,7 @@ impl Copier<'_> {
                     keep.push(nested || self.filters.platform(p.as_ref()));
                 }
                 if !keep.iter().any(|k| *k) {
-                    self.live.skipped.fetch_add(1, Ordering::Relaxed);
-                    return Err(SyncError::Invalid(format!(
+                    return Err(SyncError::Filtered(format!(
                         "no entry of index {} matches the platform filters",
                         m.digest
                     )));
@@ -262,6 +292,28 @@ impl Copier<'_> {
         }
         self.count_manifest(present);
         Ok(m.digest.clone())
+    }
+
+    /// The platform an image config declares, read from the upstream (digest checked).
+    async fn image_platform(&self, src: &str, config: &Descriptor) -> Result<Option<Platform>> {
+        if !(0..=MAX_CONFIG_BYTES).contains(&config.size) {
+            return Ok(None);
+        }
+        let resp = self.up.get_blob(src, &config.digest, 0).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(format!("reading config: {e}")))?;
+        let got = Digest::compute(config.digest.algorithm(), &bytes);
+        if got != config.digest {
+            return Err(SyncError::Invalid(format!(
+                "config {}: upstream sent {got}",
+                config.digest
+            )));
+        }
+        Ok(berth_oci::image_config::ImageConfig::parse(&bytes)
+            .ok()
+            .map(|c| c.platform()))
     }
 
     fn count_manifest(&self, present: bool) {
