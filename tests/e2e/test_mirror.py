@@ -188,7 +188,7 @@ def mirror_toml(name, upstream, repos, prefix, platforms=(), tags=None, sparse=N
     if schedule:
         lines.append(f"schedule = {json.dumps(schedule)}")
     if auth:
-        lines.append("auth = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in auth.items()) + " }")
+        lines.append("auth = { " + ", ".join(f"{k} = {json.dumps(str(v))}" for k, v in auth.items()) + " }")
     if tags:
         lines.append("[mirrors.tags]")
         for k, v in tags.items():
@@ -205,9 +205,9 @@ def cli(*args, timeout=300):
     return p
 
 
-def run_remote(reg, name):
+def run_remote(reg, name, creds=()):
     """`berth mirror run NAME --registry URL --json`: returns the report."""
-    p = cli("mirror", "run", name, "--registry", reg.url, "--json")
+    p = cli("mirror", "run", name, "--registry", reg.url, "--json", *creds)
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
     return json.loads(p.stdout)
 
@@ -368,16 +368,44 @@ def test_token_flow_upstream(tmp_path, berth_factory):
     img = wi.linux_image("amd64", fmt="oci", layers=1)
     wi.push_image(c, "sec/app", img, tag="1")
     assert requests.get(up.url + "/v2/sec/app/manifests/1").status_code == 401
-    cfg = (mirror_toml("good", up.url, ["sec/app"], "g", auth={"type": "token", "username": "mirror-bot", "password": pw})
+    pwfile = tmp_path / "upstream-password"
+    pwfile.write_text(pw + "\n")
+    cfg = ('[auth]\nmode = "token"\n'
+           + mirror_toml("good", up.url, ["sec/app"], "g",
+                         auth={"type": "token", "username": "mirror-bot", "password_file": pwfile})
            + mirror_toml("anon", up.url, ["sec/app"], "x"))
     reg = berth_factory(config=cfg, name="down")
-    rep = run_remote(reg, "good")
+    admin_pw = "adm-" + uuid.uuid4().hex
+    p = cli("user", "add", "root", "--password", admin_pw, "--admin", "--data-dir", str(reg.data_dir))
+    assert p.returncode == 0, p.stderr
+    # The admin API wants an admin.
+    p = cli("mirror", "run", "good", "--registry", reg.url)
+    assert p.returncode != 0 and "401" in p.stderr, (p.stdout, p.stderr)
+    creds = ("--username", "root", "--password", admin_pw)
+    rep = run_remote(reg, "good", creds)
     assert rep["failed"] == 0 and rep["copied"] == 3, rep
-    assert get_manifest(Client(reg.url), "g/sec/app", "1").content == img.manifest
-    p = cli("mirror", "run", "anon", "--registry", reg.url)
+    tok = requests.get(reg.url + "/auth/token", params={"service": "berth", "scope": "repository:g/sec/app:pull"},
+                       auth=("root", admin_pw)).json()["token"]
+    r = requests.get(f"{reg.url}/v2/g/sec/app/manifests/1", headers={
+        "Accept": ALL_MANIFEST_TYPES, "Authorization": f"Bearer {tok}"})
+    assert r.status_code == 200 and r.content == img.manifest
+    p = cli("mirror", "run", "anon", "--registry", reg.url, *creds)
     assert p.returncode != 0 and "failed" in p.stdout, p.stdout
-    # The password never comes back from the API.
-    assert pw not in requests.get(reg.url + "/berth/v1/mirrors/good").text
+    # No password comes back from the API.
+    shown = requests.get(reg.url + "/berth/v1/mirrors/good", auth=("root", admin_pw))
+    assert shown.status_code == 200 and pw not in shown.text
+    assert shown.json()["auth"] == {"type": "token", "username": "mirror-bot", "password_file": str(pwfile)}
+
+
+def test_mirror_run_waits_out_an_upstream_rate_limit(fake, berth_factory):
+    img = wi.linux_image("amd64", fmt="oci", layers=1)
+    fake.put_image("library/busybox", img, tag="1")
+    reg = berth_factory(config=mirror_toml("hub", fake.url, ["library/busybox"], "hub"))
+    fake.status, fake.retry_after = 429, "1"
+    threading.Timer(1.5, lambda: setattr(fake, "status", None)).start()
+    rep = run_remote(reg, "hub")
+    assert rep["failed"] == 0 and rep["copied"] == 3, rep
+    assert sum(1 for m, p, _ in fake.requests if p.endswith("/tags/list")) >= 2
 
 
 # ---------------------------------------------------------------- resume after kill -9

@@ -87,51 +87,95 @@ impl fmt::Debug for ProxyDef {
 /// token flow of Docker Hub and MCR) are answered in every mode, anonymously when no
 /// credentials are given.
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum UpstreamAuth {
     /// No credentials.
     #[default]
     Anonymous,
     /// HTTP Basic on every request.
-    Basic {
-        /// User name.
-        username: String,
-        /// Password.
-        password: String,
-    },
+    Basic(Credentials),
     /// The Docker token flow with these credentials at the realm.
-    Token {
-        /// User name.
-        username: String,
-        /// Password.
-        password: String,
-    },
+    Token(Credentials),
+}
+
+/// A user name and where its password comes from: exactly one of `password`, `password_file`
+/// (a mounted secret; trailing newlines are dropped) and `password_env` (a variable's name).
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// The password itself (prefer the other two outside tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A file holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// An environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+impl Credentials {
+    fn check(&self) -> Result<(), String> {
+        let n = [
+            self.password.is_some(),
+            self.password_file.is_some(),
+            self.password_env.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if n != 1 {
+            return Err("give exactly one of password, password_file, password_env".into());
+        }
+        Ok(())
+    }
+
+    /// The user name and the password, read from where it lives.
+    pub fn resolve(&self) -> Result<(String, String), String> {
+        self.check()?;
+        let pw = if let Some(p) = &self.password {
+            p.clone()
+        } else if let Some(f) = &self.password_file {
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("password_file {}: {e}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned()
+        } else {
+            let v = self.password_env.as_deref().unwrap_or_default();
+            std::env::var(v).map_err(|_| format!("password_env: {v} is not set"))?
+        };
+        Ok((self.username.clone(), pw))
+    }
 }
 
 impl UpstreamAuth {
-    /// The same, with the password replaced (for API answers).
+    /// The same, with an inline password replaced (for API answers).
     pub fn redacted(&self) -> Self {
+        let hide = |c: &Credentials| Credentials {
+            password: c.password.as_ref().map(|_| "***".to_owned()),
+            ..c.clone()
+        };
         match self {
             Self::Anonymous => Self::Anonymous,
-            Self::Basic { username, .. } => Self::Basic {
-                username: username.clone(),
-                password: "***".into(),
-            },
-            Self::Token { username, .. } => Self::Token {
-                username: username.clone(),
-                password: "***".into(),
-            },
+            Self::Basic(c) => Self::Basic(hide(c)),
+            Self::Token(c) => Self::Token(hide(c)),
         }
     }
 
-    /// Username and password, if any.
-    pub fn credentials(&self) -> Option<(&str, &str)> {
+    /// The credentials, if any.
+    pub fn credentials(&self) -> Option<&Credentials> {
         match self {
             Self::Anonymous => None,
-            Self::Basic { username, password } | Self::Token { username, password } => {
-                Some((username, password))
-            }
+            Self::Basic(c) | Self::Token(c) => Some(c),
         }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.credentials()
+            .map_or(Ok(()), Credentials::check)
+            .map_err(|e| format!("auth: {e}"))
     }
 }
 
@@ -437,12 +481,14 @@ pub fn validate_mirror(d: &MirrorDef) -> Result<Filters, String> {
     if let Some(s) = &d.schedule {
         parse_interval(s).map_err(|e| format!("schedule: {e}"))?;
     }
+    d.auth.check()?;
     Filters::new(&d.tags, &d.platforms)
 }
 
 /// Checks a pull-through cache definition.
 pub fn validate_proxy(p: &ProxyDef) -> Result<(), String> {
     validate_upstream(&p.upstream).map_err(|e| format!("upstream: {e}"))?;
+    p.auth.check()?;
     let prefix = p.prefix.trim_end_matches('/');
     prefix
         .parse::<berth_oci::RepoName>()
@@ -559,6 +605,45 @@ mod tests {
                 ..Default::default()
             },
             &[]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_one_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let c = Credentials {
+            username: "u".into(),
+            password_file: Some(f),
+            ..Default::default()
+        };
+        assert_eq!(c.resolve().unwrap(), ("u".into(), "s3cret".into()));
+        let both = Credentials {
+            password: Some("x".into()),
+            ..c.clone()
+        };
+        assert!(both.resolve().is_err());
+        let none = Credentials {
+            username: "u".into(),
+            ..Default::default()
+        };
+        assert!(none.resolve().is_err());
+        let a = UpstreamAuth::Basic(Credentials {
+            username: "u".into(),
+            password: Some("p".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            a.redacted().credentials().unwrap().password.as_deref(),
+            Some("***")
+        );
+        let t: UpstreamAuth =
+            serde_json::from_str(r#"{"type":"token","username":"u","password_env":"X"}"#).unwrap();
+        assert!(matches!(t, UpstreamAuth::Token(_)));
+        assert!(serde_json::from_str::<UpstreamAuth>(
+            r#"{"type":"token","username":"u","pasword":"X"}"#
         )
         .is_err());
     }

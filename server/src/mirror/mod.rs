@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A mirror run waits out an upstream 429 whose Retry-After is at most this long.
+const MIRROR_RETRY_AFTER_MAX: Duration = Duration::from_secs(120);
+
 /// Where a run's progress goes: a terminal's progress bars, log lines, or nowhere.
 pub trait Progress: Send + Sync {
     /// One line of news (a tag copied, skipped, failed).
@@ -313,6 +316,7 @@ impl Mirrors {
         let started = std::time::Instant::now();
         let result = match upstream::Upstream::new(&def.upstream, def.auth.clone()) {
             Ok(up) => {
+                let up = up.patient(MIRROR_RETRY_AFTER_MAX);
                 let s = sync::Copier {
                     reg: &self.registry,
                     up: &up,

@@ -44,10 +44,15 @@ type Result<T, E = UpstreamError> = std::result::Result<T, E>;
 /// One upstream registry.
 pub struct Upstream {
     base: url::Url,
-    auth: UpstreamAuth,
+    /// Send Basic credentials on every request.
+    basic_always: bool,
+    /// User name and password, resolved.
+    creds: Option<(String, String)>,
     http: reqwest::Client,
     /// Bearer tokens by scope.
     tokens: Mutex<HashMap<String, String>>,
+    /// Longest upstream `Retry-After` to wait out (mirror runs); zero: pass 429 on at once.
+    patience: Duration,
 }
 
 /// A manifest as the upstream sent it.
@@ -107,12 +112,27 @@ impl Upstream {
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .build()?;
+        let creds = auth
+            .credentials()
+            .map(|c| c.resolve())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("upstream credentials: {e}"))?;
         Ok(Self {
             base,
-            auth,
+            basic_always: matches!(auth, UpstreamAuth::Basic(_)),
+            creds,
             http,
             tokens: Mutex::new(HashMap::new()),
+            patience: Duration::ZERO,
         })
+    }
+
+    /// Waits out an upstream 429 whose `Retry-After` (seconds) is at most `max`, up to three
+    /// times per request, instead of failing (for mirror runs, which have no client waiting).
+    #[must_use]
+    pub fn patient(mut self, max: Duration) -> Self {
+        self.patience = max;
+        self
     }
 
     fn url(&self, repo: &str, tail: &str) -> Result<url::Url> {
@@ -145,7 +165,7 @@ impl Upstream {
             q.append_pair("scope", params.get("scope").map_or(scope, |s| s.as_str()));
         }
         let mut req = self.http.get(url);
-        if let Some((u, p)) = self.auth.credentials() {
+        if let Some((u, p)) = &self.creds {
             req = req.basic_auth(u, Some(p));
         }
         let resp = req.send().await.map_err(send_error)?;
@@ -179,8 +199,40 @@ impl Upstream {
             .ok_or_else(|| UpstreamError::Other("token answer without a token".into()))
     }
 
-    /// Sends a request for `repo`, answering one authentication challenge.
+    /// Sends a request for `repo`, waiting out rate limits as patient as this client is.
     async fn send(
+        &self,
+        method: Method,
+        repo: &str,
+        url: url::Url,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response> {
+        let mut waited = 0;
+        loop {
+            match self
+                .send_once(method.clone(), repo, url.clone(), headers.clone())
+                .await
+            {
+                Err(UpstreamError::TooMany { retry_after }) if waited < 3 => {
+                    let secs = retry_after
+                        .as_deref()
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(5);
+                    let wait = Duration::from_secs(secs.max(1));
+                    if wait > self.patience {
+                        return Err(UpstreamError::TooMany { retry_after });
+                    }
+                    tracing::info!(url = %url, wait_secs = secs, "upstream rate limit; waiting");
+                    tokio::time::sleep(wait).await;
+                    waited += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Sends a request for `repo`, answering one authentication challenge.
+    async fn send_once(
         &self,
         method: Method,
         repo: &str,
@@ -199,16 +251,16 @@ impl Upstream {
             req
         };
         let basic = || {
-            self.auth.credentials().and_then(|(u, p)| {
+            self.creds.as_ref().and_then(|(u, p)| {
                 use base64::Engine;
                 let v = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
                 HeaderValue::from_str(&format!("Basic {v}")).ok()
             })
         };
-        let first = match (&self.auth, self.cached_token(&scope)) {
-            (_, Some(t)) => HeaderValue::from_str(&format!("Bearer {t}")).ok(),
-            (UpstreamAuth::Basic { .. }, None) => basic(),
-            _ => None,
+        let first = match self.cached_token(&scope) {
+            Some(t) => HeaderValue::from_str(&format!("Bearer {t}")).ok(),
+            None if self.basic_always => basic(),
+            None => None,
         };
         let resp = build(first).send().await.map_err(send_error)?;
         if resp.status() != StatusCode::UNAUTHORIZED {
@@ -228,7 +280,7 @@ impl Upstream {
                 }
                 HeaderValue::from_str(&format!("Bearer {token}")).ok()
             }
-            Some((scheme, _)) if scheme == "basic" && self.auth.credentials().is_some() => basic(),
+            Some((scheme, _)) if scheme == "basic" && self.creds.is_some() => basic(),
             _ => {
                 return Err(UpstreamError::Denied(
                     "401 without a challenge berth can answer".into(),
