@@ -79,7 +79,7 @@ impl Copier<'_> {
             let tags = match self.up.tags(src).await {
                 Ok(t) => t,
                 Err(e) => {
-                    self.fail(src, None, format!("listing tags: {e}"));
+                    self.fail(&dst, None, format!("listing tags of {src}: {e}"));
                     continue;
                 }
             };
@@ -568,6 +568,7 @@ fn filtered_index(bytes: &[u8], source: &Digest, keep: &[bool]) -> Result<Vec<u8
             i += 1;
             k
         });
+        newest_first_within_builds(list);
     }
     let ann = obj
         .entry("annotations")
@@ -581,9 +582,62 @@ fn filtered_index(bytes: &[u8], source: &Digest, keep: &[bool]) -> Result<Vec<u8
     serde_json::to_vec(&v).map_err(|e| SyncError::Invalid(format!("index {source}: {e}")))
 }
 
+/// Orders the Windows entries of each build newest UBR first, in the positions that build's
+/// entries already hold (WINDOWS.md: then moby's stable list order and containerd's string
+/// order pick the same entry). Everything else keeps its place.
+fn newest_first_within_builds(list: &mut [serde_json::Value]) {
+    let version = |e: &serde_json::Value| {
+        let p = e.get("platform")?;
+        if !p.get("os")?.as_str()?.eq_ignore_ascii_case("windows") {
+            return None;
+        }
+        p.get("os.version")?
+            .as_str()?
+            .parse::<berth_oci::platform::WindowsVersion>()
+            .ok()
+    };
+    let mut builds: Vec<(u32, u32, u32)> = list
+        .iter()
+        .filter_map(version)
+        .map(|v| (v.major, v.minor, v.build))
+        .collect();
+    builds.sort_unstable();
+    builds.dedup();
+    for b in builds {
+        let slots: Vec<usize> = (0..list.len())
+            .filter(|i| version(&list[*i]).is_some_and(|v| (v.major, v.minor, v.build) == b))
+            .collect();
+        let mut entries: Vec<serde_json::Value> = slots.iter().map(|i| list[*i].clone()).collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(version(e).and_then(|v| v.ubr).unwrap_or(0)));
+        for (slot, e) in slots.into_iter().zip(entries) {
+            list[slot] = e;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_entries_newest_first_within_a_build() {
+        let e = |os: &str, v: &str| serde_json::json!({"platform": {"os": os, "architecture": "amd64", "os.version": v}});
+        let mut list = vec![
+            e("windows", "10.0.20348.999"),
+            e("linux", ""),
+            e("windows", "10.0.17763.5"),
+            e("windows", "10.0.20348.1000"),
+        ];
+        newest_first_within_builds(&mut list);
+        let order: Vec<&str> = list
+            .iter()
+            .map(|x| x["platform"]["os.version"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            ["10.0.20348.1000", "", "10.0.17763.5", "10.0.20348.999"]
+        );
+    }
 
     #[test]
     fn filtered_index_keeps_entries_and_names_its_source() {
