@@ -7,6 +7,7 @@ use berth_oci::Digest;
 use berth_server::config::Config;
 use berth_server::mirror::{Mirrors, Progress, RunReport};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,7 @@ pub struct Target {
 struct CliProgress {
     tty: bool,
     multi: MultiProgress,
-    bar: Mutex<Option<ProgressBar>>,
+    bars: Mutex<HashMap<Digest, ProgressBar>>,
 }
 
 impl CliProgress {
@@ -51,7 +52,7 @@ impl CliProgress {
         Self {
             tty,
             multi,
-            bar: Mutex::new(None),
+            bars: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -85,17 +86,30 @@ impl Progress for CliProgress {
         );
         bar.set_message(short(digest).to_owned());
         bar.set_position(offset);
-        *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
+        self.bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone(), bar);
     }
 
-    fn blob_bytes(&self, n: u64) {
-        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    fn blob_bytes(&self, digest: &Digest, n: u64) {
+        if let Some(b) = self
+            .bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
             b.inc(n);
         }
     }
 
     fn blob_done(&self, digest: &Digest) {
-        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(b) = self
+            .bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest)
+        {
             b.finish_and_clear();
         }
         if !self.tty {

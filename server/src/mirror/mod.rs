@@ -30,9 +30,9 @@ pub trait Progress: Send + Sync {
     fn line(&self, _s: &str) {}
     /// A blob copy starts (at `offset` when resumed).
     fn blob_start(&self, _digest: &Digest, _size: u64, _offset: u64) {}
-    /// Bytes of the current blob arrived.
-    fn blob_bytes(&self, _n: u64) {}
-    /// The current blob is done.
+    /// Bytes of a blob arrived (several blobs may be in flight).
+    fn blob_bytes(&self, _digest: &Digest, _n: u64) {}
+    /// A blob copy is done (or failed).
     fn blob_done(&self, _digest: &Digest) {}
 }
 

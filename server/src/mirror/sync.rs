@@ -13,10 +13,16 @@ use berth_oci::media_type as mt;
 use berth_oci::platform::Platform;
 use berth_oci::{Descriptor, Digest, Manifest, Reference};
 use berth_storage::meta::MirrorTag;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use uuid::Uuid;
+
+/// One blob copy in flight.
+type BlobCopy<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// Blobs of one image copied at the same time.
+const BLOB_CONCURRENCY: usize = 4;
 
 /// Image configs larger than this are not read to filter single-platform tags.
 const MAX_CONFIG_BYTES: i64 = 4 << 20;
@@ -218,9 +224,24 @@ impl Copier<'_> {
                     }
                 }
                 if !present {
-                    for d in parsed.config.iter().chain(parsed.layers.iter()) {
-                        self.ensure_blob(src, dst, d).await?;
-                    }
+                    // A few blobs at a time: many-layer images over a slow link.
+                    let mut seen = std::collections::HashSet::new();
+                    let blobs: Vec<&Descriptor> = parsed
+                        .config
+                        .iter()
+                        .chain(parsed.layers.iter())
+                        .filter(|d| seen.insert(d.digest.clone()))
+                        .collect();
+                    // Boxed as trait objects: the closures' borrowed types otherwise trip
+                    // the compiler's (higher-ranked) Send check of the spawned run.
+                    let copies: Vec<BlobCopy<'_>> = blobs
+                        .into_iter()
+                        .map(|d| Box::pin(self.ensure_blob(src, dst, d)) as BlobCopy<'_>)
+                        .collect();
+                    futures::stream::iter(copies)
+                        .buffer_unordered(BLOB_CONCURRENCY)
+                        .try_collect::<Vec<()>>()
+                        .await?;
                 }
                 self.put(
                     dst,
@@ -507,12 +528,13 @@ impl Copier<'_> {
             self.progress.blob_start(&d.digest, size, offset);
             let live = self.live.clone();
             let progress = self.progress.clone();
+            let digest = d.digest.clone();
             let body = resp
                 .bytes_stream()
                 .map(move |c| {
                     let c = c.map_err(std::io::Error::other)?;
                     live.bytes.fetch_add(c.len() as i64, Ordering::Relaxed);
-                    progress.blob_bytes(c.len() as u64);
+                    progress.blob_bytes(&digest, c.len() as u64);
                     Ok::<_, std::io::Error>(c)
                 })
                 .boxed();
