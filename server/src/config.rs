@@ -31,6 +31,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The verification gate (docs/VERIFY.md).
     pub verify: crate::registry::verification::VerifyConfig,
+    /// Mirrors of upstream repositories (docs/MIRROR.md).
+    pub mirrors: Vec<crate::mirror::def::MirrorDef>,
+    /// Pull-through caches (docs/MIRROR.md).
+    pub proxy: Vec<crate::mirror::def::ProxyDef>,
 }
 
 /// Access control (docs/AUTH.md).
@@ -120,6 +124,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             verify: Default::default(),
+            mirrors: vec![],
+            proxy: vec![],
         }
     }
 }
@@ -236,6 +242,8 @@ const CONFIG_KEYS: &[&str] = &[
     "auth",
     "tls",
     "verify",
+    "mirrors",
+    "proxy",
 ];
 
 impl Config {
@@ -319,6 +327,7 @@ impl Config {
                 );
             }
         }
+        crate::mirror::validate_config(&self.mirrors, &self.proxy)?;
         if self.data_dir.as_os_str().is_empty() {
             anyhow::bail!("invalid value for key \"data_dir\": empty");
         }
@@ -366,5 +375,46 @@ mod tests {
         std::fs::write(&f, "[log]\nformat = \"xml\"\n").unwrap();
         let e = Config::load(Some(&f), false).unwrap_err().to_string();
         assert!(e.contains("format"), "{e}");
+    }
+
+    #[test]
+    fn mirrors_and_proxies() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let ok = r#"
+[[mirrors]]
+name = "servercore"
+upstream = "https://mcr.microsoft.com"
+repositories = ["windows/servercore", "windows/nanoserver"]
+prefix = "mirror/mcr.microsoft.com"
+schedule = "6h"
+foreign_layers = "fetch"
+sparse_index = true
+auth = { type = "token", username = "u", password = "p" }
+tags = { include = ["^ltsc"], exclude = ["-amd64$"] }
+[[mirrors.platforms]]
+os = "windows"
+os_version = ">=ltsc2022"
+
+[[proxy]]
+prefix = "hub"
+upstream = "https://registry-1.docker.io"
+tag_ttl_secs = 60
+"#;
+        std::fs::write(&f, ok).unwrap();
+        let c = Config::load(Some(&f), false).unwrap();
+        assert_eq!(
+            c.mirrors[0].platforms[0].os_version.as_deref(),
+            Some(">=ltsc2022")
+        );
+        assert_eq!(c.proxy[0].tag_ttl_secs, 60);
+        let bad = ok.replace("\">=ltsc2022\"", "\"ltsc2099\"");
+        std::fs::write(&f, bad).unwrap();
+        let e = Config::load(Some(&f), false).unwrap_err().to_string();
+        assert!(e.contains("os_version"), "{e}");
+        let bad = ok.replace("schedule = \"6h\"", "shedule = \"6h\"");
+        std::fs::write(&f, bad).unwrap();
+        let e = Config::load(Some(&f), false).unwrap_err().to_string();
+        assert!(e.contains("shedule"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod mirror;
 pub mod registry;
 pub mod routes;
 pub mod tls;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Access control, when `auth.mode = "token"`.
     pub auth: Option<Arc<auth::AuthState>>,
+    /// Mirrors and pull-through caches.
+    pub mirrors: Arc<mirror::Mirrors>,
 }
 
 /// The HTTP application. Separate from [`serve`] so tests can drive it directly.
@@ -48,6 +51,21 @@ pub fn app(state: AppState) -> Router {
             get(routes::token::get_token).post(routes::token::post_token),
         )
         .route("/auth/jwks.json", get(routes::token::jwks))
+        .route("/berth/v1/mirrors", get(routes::mirrors::list))
+        .route(
+            "/berth/v1/mirrors/{name}",
+            get(routes::mirrors::get)
+                .put(routes::mirrors::put)
+                .delete(routes::mirrors::delete),
+        )
+        .route(
+            "/berth/v1/mirrors/{name}/runs",
+            get(routes::mirrors::runs).post(routes::mirrors::run),
+        )
+        .route(
+            "/berth/v1/mirrors/{name}/runs/{id}",
+            get(routes::mirrors::run_report),
+        )
         .route(
             "/berth/v1/users",
             get(routes::admin::list_users).post(routes::admin::create_user),
@@ -215,9 +233,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let mirrors = Arc::new(
+        mirror::Mirrors::new(registry.clone(), cfg.mirrors.clone(), cfg.proxy.clone())
+            .context("setting up mirrors")?,
+    );
+    let scheduler = mirrors.spawn_scheduler(MIRROR_TICK);
     let app = app(AppState {
         registry: registry.clone(),
         auth,
+        mirrors,
     });
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "berth started");
     if let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) {
@@ -254,10 +278,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     purger.abort();
+    scheduler.abort();
     registry.meta.close().await;
     tracing::info!("berth stopped");
     Ok(())
 }
+
+/// How often the mirror scheduler looks for due runs.
+const MIRROR_TICK: Duration = Duration::from_secs(15);
 
 /// How long a shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

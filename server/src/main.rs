@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod cli_client;
+mod mirror_cli;
 mod verify_cli;
 
 #[derive(Parser)]
@@ -115,6 +116,11 @@ enum Command {
         #[command(flatten)]
         conn: verify_cli::Conn,
     },
+    /// Mirror upstream repositories: run one now, or show runs.
+    Mirror {
+        #[command(subcommand)]
+        op: MirrorOp,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -189,6 +195,33 @@ enum VerifyOp {
         /// How often to ask.
         #[arg(long, default_value = "2s")]
         interval: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MirrorOp {
+    /// Copy what is missing from the upstream now; exits 1 when items failed.
+    Run {
+        /// The mirror's name.
+        name: String,
+        #[command(flatten)]
+        target: mirror_cli::Target,
+        /// Print the run report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last run of every mirror, or the runs of one.
+    Status {
+        /// A mirror's name.
+        name: Option<String>,
+        #[command(flatten)]
+        target: mirror_cli::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many runs of one mirror.
+        #[arg(long, default_value_t = 10)]
+        n: i64,
     },
 }
 
@@ -394,6 +427,21 @@ fn main() -> ExitCode {
                 eprintln!("berth verify: give a reference, or `status <ref>` / `wait <ref>`");
                 ExitCode::from(3)
             }
+        },
+        Command::Mirror { op } => match op {
+            MirrorOp::Run { name, target, json } => {
+                if target.registry.is_none() && std::env::var_os("RUST_LOG").is_some() {
+                    let cfg = Config::default();
+                    berth_server::init_logging(&cfg);
+                }
+                cli_client::run(mirror_cli::run(&name, &target, json))
+            }
+            MirrorOp::Status {
+                name,
+                target,
+                json,
+                n,
+            } => cli_client::run(mirror_cli::status(name.as_deref(), &target, json, n)),
         },
         Command::CheckConfig { file } => match Config::load(Some(&file), false) {
             Ok(_) => {

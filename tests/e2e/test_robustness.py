@@ -1032,11 +1032,14 @@ def test_json_logs_and_single_stdout_line(tmp_path):
     data = tmp_path / "logs"
     env = dict(os.environ)
     env.update({"BERTH_LOG__FORMAT": "json", "BERTH_LOG__LEVEL": "debug", "RUST_LOG": "debug"})
-    p = subprocess.Popen([BERTH_BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # stderr goes to a file: debug logs outgrow a pipe nobody reads while the test runs.
+    errlog = tmp_path / "stderr.log"
+    with open(errlog, "wb") as errf:
+        p = subprocess.Popen([BERTH_BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+                             stdout=subprocess.PIPE, stderr=errf, env=env)
     try:
         first = p.stdout.readline().decode()
-        assert first.startswith("listening on "), (first, p.stderr.read1(4000) if p.poll() is not None else "")
+        assert first.startswith("listening on "), (first, errlog.read_bytes()[:4000] if p.poll() is not None else "")
         addr = first.split("listening on ", 1)[1].strip()
         cl = Client(f"http://{addr}")
         repo = "logs/r"
@@ -1060,10 +1063,11 @@ def test_json_logs_and_single_stdout_line(tmp_path):
     finally:
         p.send_signal(signal.SIGTERM)
         try:
-            out, err = p.communicate(timeout=15)
+            out, _ = p.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             p.kill()
-            out, err = p.communicate()
+            out, _ = p.communicate()
+    err = errlog.read_bytes()
     assert out == b"", f"stdout has more than the listening line: {out[:500]!r}"
     lines = err.decode("utf-8", "replace").splitlines()
     assert lines, "no log lines at all on stderr"

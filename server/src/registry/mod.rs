@@ -68,6 +68,26 @@ pub struct PutManifest {
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
+/// Relaxations of manifest validation that only berth's own mirror and pull-through cache may
+/// ask for, around one `put_manifest` call ([`Registry::with_put_mode`]). Clients never can.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutMode {
+    /// Accept an index whose children are absent (a sparse copy of an upstream index), whatever
+    /// the repository's policy says.
+    pub sparse_index: bool,
+    /// Accept an image manifest whose blobs are absent (the pull-through cache fetches them
+    /// when a client asks).
+    pub missing_blobs: bool,
+}
+
+tokio::task_local! {
+    static PUT_MODE: PutMode;
+}
+
+fn put_mode() -> PutMode {
+    PUT_MODE.try_with(|m| *m).unwrap_or_default()
+}
+
 impl Registry {
     /// A registry over the given store and metadata.
     pub fn new(store: Arc<dyn BlobStore>, meta: Meta, settings: Settings) -> Self {
@@ -140,6 +160,11 @@ impl Registry {
     }
 
     // === manifests ===
+
+    /// Runs `f` (a `put_manifest` call) with validation relaxed as `mode` says.
+    pub async fn with_put_mode<T>(mode: PutMode, f: impl std::future::Future<Output = T>) -> T {
+        PUT_MODE.scope(mode, f).await
+    }
 
     /// Resolves a reference to a digest in `repo`.
     pub async fn resolve(&self, repo: &str, reference: &Reference) -> Result<Digest> {
@@ -300,6 +325,8 @@ impl Registry {
                             self.put_small_blob(repo, b"{}").await?;
                             2
                         }
+                        // The pull-through cache stores manifests before their blobs.
+                        None if put_mode().missing_blobs => continue,
                         None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
                     };
                     if size != d.size as u64 {

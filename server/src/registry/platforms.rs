@@ -180,7 +180,7 @@ impl Registry {
                     .map(|p| p.os_features.join(",")),
             });
             let Some(child) = self.meta.manifest(repo, &d.digest).await? else {
-                if policy.sparse_index {
+                if policy.sparse_index || super::put_mode().sparse_index {
                     continue;
                 }
                 return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));

@@ -9,6 +9,7 @@ pub mod api;
 mod blobs;
 mod catalog;
 mod manifests;
+pub mod mirrors;
 mod referrers;
 pub mod token;
 mod uploads;
@@ -192,6 +193,9 @@ pub async fn dispatch(
     };
     match (method, path) {
         (Method::GET | Method::HEAD, OciPath::Manifest { name, reference }) => {
+            st.mirrors
+                .ensure_manifest(name.as_str(), &reference)
+                .await?;
             manifests::get(&st, name, reference, req).await
         }
         (Method::PUT, OciPath::Manifest { name, reference }) => {
@@ -200,7 +204,16 @@ pub async fn dispatch(
         (Method::DELETE, OciPath::Manifest { name, reference }) => {
             manifests::delete(&st, name, reference).await
         }
-        (Method::GET | Method::HEAD, OciPath::Blob { name, digest }) => {
+        (ref m @ (Method::GET | Method::HEAD), OciPath::Blob { name, digest }) => {
+            let whole_get = *m == Method::GET && !req.headers().contains_key("range");
+            if let Some(resp) = st
+                .mirrors
+                .stream_blob_miss(name.as_str(), &digest, whole_get)
+                .await?
+            {
+                return Ok(resp);
+            }
+            st.mirrors.ensure_blob(name.as_str(), &digest).await?;
             blobs::get(&st, name, digest, req).await
         }
         (Method::DELETE, OciPath::Blob { name, digest }) => blobs::delete(&st, name, digest).await,

@@ -5,8 +5,10 @@
 //! share it. SQLite runs in WAL mode with one writer connection and a pool of readers.
 
 mod auth;
+mod mirror;
 mod verify;
 pub use auth::{Permission, Robot, User};
+pub use mirror::{MirrorRun, MirrorTag, RunTotals};
 pub use verify::{ClaimFilter, Finish, Finished, JobRow, NewJob, WorkerRow};
 
 use crate::{now_secs, Error, Result};
