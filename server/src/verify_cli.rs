@@ -84,35 +84,47 @@ impl Client {
     }
 }
 
-/// Parses `30m`, `90s`, `2h`, `1h30m` or plain seconds.
+/// Parses `30m`, `90s`, `500ms`, `2h`, `1h30m` or plain seconds.
 pub fn parse_timeout(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     if let Ok(n) = s.parse::<u64>() {
         return Ok(Duration::from_secs(n));
     }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
+    let mut total_ms = 0u64;
+    let mut rest = s;
+    if rest.is_empty() {
+        bail!("invalid duration {s:?}: empty");
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            bail!("invalid duration {s:?}: expected a number before {rest:?}");
         }
-        let n: u64 = num
+        let n: u64 = rest[..digits]
             .parse()
             .with_context(|| format!("invalid duration {s:?}"))?;
-        num.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => bail!("invalid duration {s:?}: unit {c:?} (use s, m, h, d)"),
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => bail!("invalid duration {s:?}: a number without a unit at the end"),
+            u => bail!("invalid duration {s:?}: unit {u:?} (use ms, s, m, h, d)"),
         };
+        total_ms = n
+            .checked_mul(ms)
+            .and_then(|v| v.checked_add(total_ms))
+            .with_context(|| format!("invalid duration {s:?}: too long"))?;
+        rest = &rest[unit_len..];
     }
-    if !num.is_empty() {
-        bail!("invalid duration {s:?}: a number without a unit at the end");
-    }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total_ms))
 }
 
 fn check_line(c: &Value) -> String {
@@ -297,7 +309,9 @@ mod tests {
         assert_eq!(parse_timeout("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_timeout("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_timeout("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_timeout("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_timeout("5x").is_err());
+        assert!(parse_timeout("").is_err());
         assert!(parse_timeout("5m3").is_err());
     }
 }

@@ -170,7 +170,7 @@ class Env:
     def client(self, repo, actions="pull,push"):
         c = Client(self.reg.url)
         tok = get_token(self.reg, scopes=[f"repository:{repo}:{actions}"], user="admin", password=self.admin_pw)
-        c.s.headers["Authorization"] = bearer(tok)
+        c.s.headers.update(bearer(tok))
         return c
 
     def api(self, method, path, **kw):
