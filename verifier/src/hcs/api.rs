@@ -264,6 +264,31 @@ impl std::error::Error for HcsError {}
 /// `Result` of an HCS call.
 pub type Result<T, E = HcsError> = std::result::Result<T, E>;
 
+/// The message of an HCS result document (`{"Error":…,"ErrorMessage":"…","ErrorEvents":[{"Message":…}]}`,
+/// hcsshim `hcsResult`): the `ErrorMessage` followed by each event's `Message`, or `None` when
+/// the document has neither.
+pub fn result_message(doc: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(m) = v["ErrorMessage"].as_str().filter(|m| !m.is_empty()) {
+        parts.push(m.trim().to_owned());
+    }
+    for ev in v["ErrorEvents"].as_array().into_iter().flatten() {
+        if let Some(m) = ev["Message"].as_str().filter(|m| !m.is_empty()) {
+            parts.push(format!("[{}]", m.trim()));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// The exit code in a process status document (`{"ProcessId":…,"Exited":true,"ExitCode":…}`,
+/// schema2 `ProcessStatus`). HCS reports it as a `uint32`; NTSTATUS-style codes such as
+/// `0xC0000005` stay positive.
+pub fn exit_code_from(doc: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    v["ExitCode"].as_i64()
+}
+
 /// Whose fault an error is, which decides the job state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -466,6 +491,20 @@ mod tests {
              The operating system of the container does not match"
         );
         assert!(is_timeout(hresult::E_WAIT_TIMEOUT));
+        assert_eq!(
+            result_message(
+                r#"{"Error":-2143878911,"ErrorMessage":"The operating system does not match. ","ErrorEvents":[{"Message":"build 17763 on 20348"}]}"#
+            )
+            .as_deref(),
+            Some("The operating system does not match. [build 17763 on 20348]")
+        );
+        assert_eq!(result_message("{}"), None);
+        assert_eq!(result_message(""), None);
+        assert_eq!(
+            exit_code_from(r#"{"ProcessId":4,"Exited":true,"ExitCode":3221225477}"#),
+            Some(3_221_225_477)
+        );
+        assert_eq!(exit_code_from(r#"{"Exited":false}"#), None);
         assert!(is_already_gone(0xc037_0110));
     }
 }
