@@ -40,6 +40,9 @@ fi
 step "build"
 cargo build --release --workspace --all-targets
 
+step "type-check the Windows-only code (berth-verifier, HCS runner) for x86_64-pc-windows-gnu"
+WINDOWS_TARGET_DIR="$REPO/target/windows" bash tests/windows-check.sh
+
 step "unit and integration tests (cargo)"
 cargo test --release --workspace 2>&1 | tee /tmp/berth-cargo-test.log
 grep -q '^test result: ok' /tmp/berth-cargo-test.log

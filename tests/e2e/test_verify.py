@@ -58,6 +58,14 @@ repositories = ["slow/**"]
 timeout_secs = 2
 
 [[verify.policies]]
+name = "windows"
+repositories = ["win/**"]
+windows_hosts = ["ltsc2022"]
+probe_windows = ["cmd", "/c", "ver"]
+protected_tags = ["prod"]
+timeout_secs = 30
+
+[[verify.policies]]
 name = "manual"
 repositories = ["manual/**"]
 probe_linux = ["/bin/true"]
@@ -123,9 +131,10 @@ def image_parts(cmd, arch="amd64", entrypoint=None, user=None, nonce=None):
 # ---------------------------------------------------------------- the setup
 
 class Verifier:
-    def __init__(self, reg, name, robot, work_dir, extra=()):
+    def __init__(self, reg, name, robot, work_dir, extra=(), runner="oci-runtime"):
         self.reg, self.name, self.robot, self.work_dir = reg, name, robot, pathlib.Path(work_dir)
         self.extra = list(extra)
+        self.runner = runner
         self.proc = None
         self.log = []
         self.id = None
@@ -133,7 +142,7 @@ class Verifier:
     def start(self):
         args = [VERIFIER_BIN, "run", "--registry", self.reg.url, "--username", self.robot.username,
                 "--password", self.robot.secret, "--name", self.name, "--work-dir", str(self.work_dir),
-                "--runner", "oci-runtime", "--wait-secs", "5", *self.extra]
+                "--runner", self.runner, "--wait-secs", "5", *self.extra]
         env = dict(os.environ, RUST_LOG="info")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
@@ -551,3 +560,87 @@ def test_workers_listed_with_their_platform(env):
     assert {"w1", "w2"} <= set(names)
     assert names["w1"]["platform"]["os"] == "linux"
     assert names["w1"]["runners"] == ["oci-runtime"] and names["w1"]["isolation"] == ["process"]
+
+
+# ---------------------------------------------------------------- Windows through the HCS test double
+
+def windows_base_layer():
+    """A tiny stand-in for a Windows base layer: `Files/` with the SYSTEM hive that marks a base
+    layer, `Hives/`, and `UtilityVM/Files/` for Hyper-V isolation. Only the HCS test double
+    ever reads it."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in (("Files/Windows/System32/config/SYSTEM", b"regf"),
+                           ("Files/Windows/System32/cmd.exe", b"MZ"),
+                           ("Hives/SYSTEM_Delta", b"regf"),
+                           ("UtilityVM/Files/EFI/Microsoft/Boot/bootmgfw.efi", b"efi")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    tar = raw.getvalue()
+    return gzip.compress(tar, mtime=0), "sha256:" + hashlib.sha256(tar).hexdigest()
+
+
+WIN_LAYER, WIN_DIFF_ID = windows_base_layer()
+
+
+def push_windows(env, repo, ref, os_version):
+    cfg = canon({"architecture": "amd64", "os": "windows", "os.version": os_version,
+                 "config": {"Cmd": ["cmd", "/c", "ver"]},
+                 "rootfs": {"type": "layers", "diff_ids": [WIN_DIFF_ID]}})
+    man = canon({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                 "config": {"mediaType": OCI_CONFIG, "digest": digest(cfg), "size": len(cfg)},
+                 "layers": [{"mediaType": OCI_LAYER_GZ, "digest": digest(WIN_LAYER), "size": len(WIN_LAYER)}]})
+    c = env.client(repo)
+    c.push_blob(repo, cfg)
+    c.push_blob(repo, WIN_LAYER)
+    r = c.put_manifest(repo, ref, man)
+    return r, man, digest(man)
+
+
+@pytest.fixture(scope="module")
+def win_worker(env):
+    robot = create_robot(env.reg, "winverifier", ["win/**:verify"])
+    w = Verifier(env.reg, "win-double", robot, env.base / "work-win", runner="hcs-double",
+                 extra=["--os-version", "10.0.20348.2527"]).start()
+    yield w
+    w.stop()
+
+
+def test_hcs_double_worker_results_are_simulated_and_never_satisfy_the_gate(env, win_worker):
+    repo = "win/app"
+    r, _, d = push_windows(env, repo, "candidate", "10.0.20348.2527")
+    assert r.status_code == 201, r.text
+    st = env.wait_state(f"{repo}:candidate", lambda s: s["complete"], timeout=60)
+    by_iso = {c["isolation"]: c for c in st["checks"]}
+    assert set(by_iso) == {"process", "hyperv"}, st
+    for iso, c in by_iso.items():
+        job = env.job(c["job"])
+        assert job["state"] == "passed" and job["simulated"] and job["runner"] == "hcs-double", job
+        assert job["worker"] == win_worker.id
+        assert job["host"]["platform"]["os.version"] == "10.0.20348.2527", job
+    # Simulated passes do not count: not ok, and the protected tag refuses the digest.
+    assert not st["ok"], st
+    c = env.client(repo)
+    r = c.put_manifest(repo, "prod", c.get(f"/v2/{repo}/manifests/{d}", headers={"Accept": OCI_MANIFEST}).content)
+    assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED", r.text
+    # The referrer says simulated too.
+    rr = c.get(f"/v2/{repo}/referrers/{d}", params={"artifactType": ARTIFACT_TYPE}).json()["manifests"]
+    assert len(rr) == 2 and all(m["annotations"]["dev.berth.verification.simulated"] == "true" for m in rr), rr
+    # Nothing of the runs is left in the work directory.
+    time.sleep(0.5)
+    assert not [p.name for p in win_worker.work_dir.iterdir() if p.name.startswith("job-")]
+
+
+def test_ltsc2019_image_on_ltsc2022_host_is_incompatible_in_process_isolation(env, win_worker):
+    repo = "win/old"
+    r, _, d = push_windows(env, repo, "candidate", "10.0.17763.5936")
+    assert r.status_code == 201, r.text
+    st = env.wait_state(f"{repo}:candidate", lambda s: s["complete"], timeout=60)
+    by_iso = {c["isolation"]: c for c in st["checks"]}
+    assert set(by_iso) == {"process", "hyperv"}, st
+    proc = env.job(by_iso["process"]["job"])
+    assert proc["state"] == "incompatible", proc
+    assert "17763" in proc["message"] and "20348" in proc["message"], proc
+    hv = env.job(by_iso["hyperv"]["job"])
+    assert hv["state"] == "passed" and hv["simulated"], hv

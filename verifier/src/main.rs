@@ -163,6 +163,22 @@ fn runners(cfg: &Config) -> Result<(Vec<Arc<dyn Runner>>, Platform)> {
                     shim_exe: std::env::current_exe()?,
                 }));
             }
+            // The HCS test double: runs no container, results are marked simulated and never
+            // satisfy a gate. For exercising the worker, the protocol and the HCS call
+            // sequence on hosts without Windows containers.
+            "hcs-double" => {
+                if cfg.os_version.is_none() {
+                    bail!("runner hcs-double needs os_version (the simulated host build, e.g. 10.0.20348.2527)");
+                }
+                out.push(Arc::new(berth_verifier::hcs::double_runner(Arc::new(
+                    berth_verifier::hcs::HcsDouble::new(),
+                ))));
+            }
+            #[cfg(windows)]
+            "hcs" => {
+                platform = berth_verifier::hcs::host_platform();
+                out.push(Arc::new(berth_verifier::hcs::real_runner()));
+            }
             other => bail!(
                 "unknown runner {other:?} (this build offers: {})",
                 available().join(", ")
@@ -189,6 +205,10 @@ fn available() -> Vec<&'static str> {
     if cfg!(target_os = "linux") {
         v.push("oci-runtime");
     }
+    if cfg!(windows) {
+        v.push("hcs");
+    }
+    v.push("hcs-double");
     v
 }
 
