@@ -212,6 +212,7 @@ fn available() -> Vec<&'static str> {
     v
 }
 
+#[cfg(target_os = "linux")]
 fn which(p: &std::path::Path) -> Option<PathBuf> {
     if p.components().count() > 1 {
         return p.exists().then(|| p.to_path_buf());
