@@ -38,10 +38,14 @@ fn split_ref(r: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
+/// GET with Basic credentials from `BERTH_USERNAME`/`BERTH_PASSWORD` when they are set
+/// (a registry with auth on asks for pull on the repository).
 async fn get_json(url: reqwest::Url) -> anyhow::Result<Value> {
-    let resp = reqwest::get(url.clone())
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    let mut req = reqwest::Client::new().get(url.clone());
+    if let Ok(user) = std::env::var("BERTH_USERNAME") {
+        req = req.basic_auth(user, std::env::var("BERTH_PASSWORD").ok());
+    }
+    let resp = req.send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     let body: Value = resp.json().await.context("reading the answer")?;
     if !status.is_success() {

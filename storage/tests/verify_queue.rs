@@ -74,10 +74,14 @@ async fn enqueue_is_idempotent_and_claims_match_the_host() {
 
     // A 17763 host with process isolation only matches nothing.
     let f = filter("10.0.17763", vec![Isolation::Process]);
-    assert!(meta.claim_candidates(&f, 10).await.expect("c").is_empty());
+    assert!(meta
+        .claim_candidates(&f, 0, 10)
+        .await
+        .expect("c")
+        .is_empty());
     // A 20348 host with both modes gets the 20348 process job only.
     let f = filter("10.0.20348", vec![Isolation::Process, Isolation::HyperV]);
-    let c = meta.claim_candidates(&f, 10).await.expect("c");
+    let c = meta.claim_candidates(&f, 0, 10).await.expect("c");
     assert_eq!(c.len(), 1);
     let j = meta
         .try_claim(c[0].0, "L1", "w1", 60)
@@ -91,7 +95,11 @@ async fn enqueue_is_idempotent_and_claims_match_the_host() {
         .await
         .expect("claim")
         .is_none());
-    assert!(meta.claim_candidates(&f, 10).await.expect("c").is_empty());
+    assert!(meta
+        .claim_candidates(&f, 0, 10)
+        .await
+        .expect("c")
+        .is_empty());
 }
 
 #[tokio::test]
@@ -101,7 +109,7 @@ async fn an_expired_lease_goes_to_another_worker_and_the_old_lease_is_refused() 
         .await
         .expect("enqueue");
     let f = filter("10.0.20348", vec![Isolation::Process]);
-    let id = meta.claim_candidates(&f, 10).await.expect("c")[0].0;
+    let id = meta.claim_candidates(&f, 0, 10).await.expect("c")[0].0;
     // A lease that ended a second ago.
     meta.try_claim(id, "old", "w1", -1)
         .await
@@ -152,7 +160,7 @@ async fn errors_are_retried_with_backoff_then_given_up() {
         .await
         .expect("enqueue");
     let f = filter("10.0.20348", vec![Isolation::Process]);
-    let id = meta.claim_candidates(&f, 10).await.expect("c")[0].0;
+    let id = meta.claim_candidates(&f, 0, 10).await.expect("c")[0].0;
     meta.try_claim(id, "a", "w", 60)
         .await
         .expect("claim")
@@ -166,12 +174,16 @@ async fn errors_are_retried_with_backoff_then_given_up() {
     };
     assert_eq!(j.state, JobState::Queued);
     // Backing off: not claimable now.
-    assert!(meta.claim_candidates(&f, 10).await.expect("c").is_empty());
+    assert!(meta
+        .claim_candidates(&f, 0, 10)
+        .await
+        .expect("c")
+        .is_empty());
     // Without backoff, the second (last) attempt's error is final.
     meta.enqueue_jobs(&[job("sha256:d", Isolation::Process, None)], false)
         .await
         .expect("enqueue");
-    let id = meta.claim_candidates(&f, 10).await.expect("c")[0].0;
+    let id = meta.claim_candidates(&f, 0, 10).await.expect("c")[0].0;
     meta.try_claim(id, "x", "w", 60)
         .await
         .expect("c")
@@ -194,12 +206,16 @@ async fn leases_lost_on_the_last_attempt_end_in_error() {
     j.max_attempts = 1;
     meta.enqueue_jobs(&[j], false).await.expect("enqueue");
     let f = filter("10.0.20348", vec![Isolation::Process]);
-    let id = meta.claim_candidates(&f, 10).await.expect("c")[0].0;
+    let id = meta.claim_candidates(&f, 0, 10).await.expect("c")[0].0;
     meta.try_claim(id, "a", "w", -1)
         .await
         .expect("c")
         .expect("won");
-    assert!(meta.claim_candidates(&f, 10).await.expect("c").is_empty());
+    assert!(meta
+        .claim_candidates(&f, 0, 10)
+        .await
+        .expect("c")
+        .is_empty());
     assert_eq!(meta.expire_jobs().await.expect("expire"), 1);
     assert_eq!(
         meta.job(id).await.expect("job").expect("row").state,
@@ -212,4 +228,41 @@ async fn leases_lost_on_the_last_attempt_end_in_error() {
         meta.enqueue_jobs(&[again], true).await.expect("requeue"),
         vec![id]
     );
+}
+
+#[tokio::test]
+async fn candidates_page_by_id_and_duplicate_isolations_are_harmless() {
+    let (_d, meta) = open().await;
+    let jobs: Vec<NewJob> = (0..5)
+        .map(|i| job(&format!("sha256:{i}"), Isolation::Process, None))
+        .collect();
+    assert_eq!(
+        meta.enqueue_jobs(&jobs, false)
+            .await
+            .expect("enqueue")
+            .len(),
+        5
+    );
+    let f = filter(
+        "10.0.20348",
+        vec![Isolation::Process, Isolation::Process, Isolation::Process],
+    );
+    let first = meta.claim_candidates(&f, 0, 2).await.expect("page 1");
+    assert_eq!(first.len(), 2);
+    let second = meta
+        .claim_candidates(&f, first[1].0, 2)
+        .await
+        .expect("page 2");
+    assert_eq!(second.len(), 2);
+    assert!(second[0].0 > first[1].0);
+    let third = meta
+        .claim_candidates(&f, second[1].0, 2)
+        .await
+        .expect("page 3");
+    assert_eq!(third.len(), 1);
+    assert!(meta
+        .claim_candidates(&f, third[0].0, 2)
+        .await
+        .expect("page 4")
+        .is_empty());
 }

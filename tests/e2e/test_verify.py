@@ -24,7 +24,7 @@ import requests
 
 from conftest import BERTH_BIN, Berth
 from authkit import auth_config, add_user, create_robot, get_token, bearer
-from helpers import Client, canon, digest, OCI_MANIFEST, OCI_CONFIG
+from helpers import Client, canon, digest, OCI_MANIFEST, OCI_CONFIG, OCI_INDEX
 
 VERIFIER_BIN = str(pathlib.Path(BERTH_BIN).with_name("berth-verifier"))
 ARTIFACT_TYPE = "application/vnd.berth.verification.v1+json"
@@ -348,6 +348,31 @@ def test_protected_tag_refuses_failing_and_accepts_passing(env):
     assert c.put_manifest(repo, "scratch", bad).status_code == 201
 
 
+def test_nested_index_children_are_checked_too(env):
+    """An index [A verified, N -> [B failing]] must not pass the gate on A alone: containerd
+    follows N."""
+    repo = "app/nested"
+    _, good, good_d = env.push(repo, "good", ["true"])
+    _, bad, bad_d = env.push(repo, "bad", ["false"])
+    env.wait_state(f"{repo}:good", lambda s: s["ok"])
+    env.wait_state(f"{repo}:bad", lambda s: s["complete"] and not s["ok"])
+    c = env.client(repo)
+    plat = {"os": "linux", "architecture": "amd64"}
+    inner = canon({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": bad_d, "size": len(bad), "platform": plat}]})
+    r = c.put_manifest(repo, digest(inner), inner, media_type=OCI_INDEX)
+    assert r.status_code == 201, r.text
+    outer = canon({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": good_d, "size": len(good), "platform": plat},
+        {"mediaType": OCI_INDEX, "digest": digest(inner), "size": len(inner)}]})
+    r = c.put_manifest(repo, "prod", outer, media_type=OCI_INDEX)
+    assert r.status_code == 403, r.text
+    assert any(bad_d in m or "failed" in m for m in r.json()["errors"][0]["detail"]["missing"]), r.text
+    st = env.status(f"{repo}@{digest(outer)}")
+    assert {c["digest"] for c in st["checks"]} == {good_d, bad_d}, st
+    assert st["complete"] and not st["ok"] and st["passed"] == 1 and st["failed"] == 1, st
+
+
 def test_protected_tag_on_first_push_queues_then_accepts(env):
     """A manifest pushed straight to a protected tag is refused, stored untagged and verified;
     the same push succeeds once its checks passed."""
@@ -644,3 +669,26 @@ def test_ltsc2019_image_on_ltsc2022_host_is_incompatible_in_process_isolation(en
     assert "17763" in proc["message"] and "20348" in proc["message"], proc
     hv = env.job(by_iso["hyperv"]["job"])
     assert hv["state"] == "passed" and hv["simulated"], hv
+
+
+def test_inspect_and_resolve_need_pull_on_the_repository(env):
+    """berth's own read API is no side door around auth: pull on the repository is needed."""
+    repo = "app/private"
+    env.push(repo, "v1", ["true"])
+    params = {"repository": repo, "reference": "v1"}
+    url = env.reg.url + "/berth/v1/inspect"
+    assert requests.get(url, params=params, timeout=30).status_code == 401
+    outsider = create_robot(env.reg, "outsider", ["other/**:pull"])
+    r = requests.get(url, params=params, auth=(outsider.username, outsider.secret), timeout=30)
+    assert r.status_code == 403 and r.json()["errors"][0]["code"] == "DENIED", r.text
+    r = requests.get(env.reg.url + "/berth/v1/resolve", auth=(outsider.username, outsider.secret),
+                     params=dict(params, platform="linux/amd64"), timeout=30)
+    assert r.status_code == 403, r.text
+    assert env.api("GET", "/berth/v1/inspect", params=params).status_code == 200
+    # The CLI takes credentials from the environment.
+    cli = [BERTH_BIN, "inspect", f"{repo}:v1", "--registry", env.reg.url]
+    p = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "401" in p.stderr, (p.stdout, p.stderr)
+    p = subprocess.run(cli, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, BERTH_USERNAME="admin", BERTH_PASSWORD=env.admin_pw))
+    assert p.returncode == 0, (p.stdout, p.stderr)

@@ -74,7 +74,7 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32)> {
         None => (user, None),
     };
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        let text = read_image_file(rootfs, file)?;
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.len() >= 3 && f[0] == name).then(|| {
@@ -103,8 +103,49 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
+/// Reads a small text file of the image (`etc/passwd`, `etc/group`) without following
+/// symlinks anywhere on the way (a link to the host's /etc, /dev/zero or a FIFO must not be
+/// read by the worker), up to 1 MiB.
+fn read_image_file(rootfs: &Path, rel: &str) -> Option<String> {
+    use std::io::Read;
+    let mut cur = rootfs.to_path_buf();
+    for c in Path::new(rel).components() {
+        cur.push(c);
+        let m = std::fs::symlink_metadata(&cur).ok()?;
+        if m.file_type().is_symlink() {
+            return None;
+        }
+    }
+    if !std::fs::symlink_metadata(&cur).ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    std::fs::File::open(&cur)
+        .ok()?
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// The last `max` bytes of a file, without reading the rest.
+fn file_tail(path: &Path, max: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let max = max as u64;
+    if len > max && f.seek(SeekFrom::Start(len - max)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    buf
+}
+
 fn lookup_gid_of_uid(rootfs: &Path, uid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+    let text = read_image_file(rootfs, "etc/passwd")?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 4 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok())?
@@ -293,7 +334,8 @@ impl Runner for OciRuntime {
         timings.create_ms = res.create_ms;
         timings.start_ms = res.start_ms;
         timings.exit_ms = res.exit_ms;
-        let output = std::fs::read(&log).unwrap_or_default();
+        // Read only the end: a probe may write gigabytes.
+        let output = file_tail(&log, LOG_TAIL * 2);
         let log_tail = tail(&output, LOG_TAIL);
         if timed_out {
             return Outcome {

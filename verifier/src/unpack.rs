@@ -4,7 +4,7 @@
 //! (`..`, absolute paths, through symlinks) are refused.
 
 use anyhow::{bail, Context, Result};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use std::fs;
 use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -81,6 +81,20 @@ fn parent_inside(root: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
+/// True when `rel` and every directory above it, under `root`, is a real directory (no
+/// symlink anywhere on the way).
+fn real_dir_inside(root: &Path, rel: &Path) -> bool {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() && !m.file_type().is_symlink() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 fn remove_any(p: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(p),
@@ -95,10 +109,13 @@ pub fn apply_layer(root: &Path, layer: &Path, compression: Compression) -> Resul
     let f = fs::File::open(layer).with_context(|| format!("opening {}", layer.display()))?;
     let r: Box<dyn Read> = match compression {
         Compression::None => Box::new(BufReader::new(f)),
-        Compression::Gzip => Box::new(GzDecoder::new(BufReader::new(f))),
+        Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::new(f))),
     };
     apply_tar(root, r)
 }
+
+/// A tar entry's (uid, gid).
+type Owner = (u64, u64);
 
 /// Applies a tar stream to `root`.
 pub fn apply_tar(root: &Path, r: impl Read) -> Result<usize> {
@@ -109,8 +126,9 @@ pub fn apply_tar(root: &Path, r: impl Read) -> Result<usize> {
     #[cfg(unix)]
     ar.set_preserve_ownerships(nix::unistd::geteuid().is_root());
     let mut n = 0;
-    // Directory modes are applied at the end, so a read-only directory can still be filled.
-    let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
+    // Directory modes and owners are applied at the end, so a read-only directory can still
+    // be filled.
+    let mut dirs: Vec<(PathBuf, u32, Option<Owner>)> = Vec::new();
     for entry in ar.entries().context("reading the layer")? {
         let mut e = entry.context("reading a layer entry")?;
         n += 1;
@@ -169,7 +187,8 @@ pub fn apply_tar(root: &Path, r: impl Read) -> Result<usize> {
         if kind.is_dir() {
             fs::create_dir_all(&dest)?;
             let mode = e.header().mode().unwrap_or(0o755);
-            dirs.push((dest, mode));
+            let owner = e.header().uid().ok().zip(e.header().gid().ok());
+            dirs.push((rel, mode, owner));
             continue;
         }
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
@@ -180,9 +199,24 @@ pub fn apply_tar(root: &Path, r: impl Read) -> Result<usize> {
             .with_context(|| format!("unpacking {}", rel.display()))?;
     }
     #[cfg(unix)]
-    for (d, mode) in dirs.into_iter().rev() {
+    {
         use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(mode & 0o7777));
+        let chown = nix::unistd::geteuid().is_root();
+        for (rel, mode, owner) in dirs.into_iter().rev() {
+            // A later entry may have replaced the directory, or one above it, with a symlink:
+            // never follow one out of the root (chmod follows symlinks).
+            if !real_dir_inside(root, &rel) {
+                continue;
+            }
+            let d = root.join(&rel);
+            if chown {
+                if let Some((uid, gid)) = owner {
+                    let (uid, gid) = (u32::try_from(uid).ok(), u32::try_from(gid).ok());
+                    let _ = std::os::unix::fs::lchown(&d, uid, gid);
+                }
+            }
+            let _ = fs::set_permissions(&d, fs::Permissions::from_mode(mode & 0o7777));
+        }
     }
     #[cfg(not(unix))]
     drop(dirs);
@@ -250,6 +284,40 @@ mod tests {
         assert_eq!(fs::read(r.join("etc/b")).unwrap(), b"22");
         assert!(!r.join("var/x").exists() && !r.join("var/y").exists());
         assert_eq!(fs::read(r.join("var/z")).unwrap(), b"z");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_replaced_by_a_symlink_does_not_chmod_the_host() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o600)).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o6777);
+        h.set_cksum();
+        b.append_data(&mut h, "x", &[][..]).unwrap();
+        let mut l = tar::Header::new_gnu();
+        l.set_uid(0);
+        l.set_gid(0);
+        l.set_mtime(0);
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_size(0);
+        l.set_mode(0o777);
+        b.append_link(&mut l, "x", outside.path()).unwrap();
+        apply_tar(root.path(), &b.into_inner().unwrap()[..]).unwrap();
+        let mode = fs::metadata(outside.path()).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        assert!(fs::symlink_metadata(root.path().join("x"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

@@ -239,7 +239,9 @@ impl Worker {
                                 "lease lost: another worker may have the job now"
                             );
                             lost.store(true, Ordering::SeqCst);
-                            return;
+                            // The run goes on to its end (its own timeout bounds it), so
+                            // the runner cleans up; its report is then skipped.
+                            std::future::pending::<()>().await;
                         }
                         Err(e) => {
                             tracing::warn!(job = id, error = format!("{e:#}"), "heartbeat failed")
@@ -251,13 +253,20 @@ impl Worker {
         let work = self.work(&a, &dir);
         let outcome = tokio::select! {
             o = work => o,
-            _ = beat => unreachable!("the heartbeat loop only ends when the lease is lost, and then keeps the job running"),
+            _ = beat => unreachable!("the heartbeat loop never ends"),
         };
         // Whatever happened, the run directory goes.
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove the run directory");
             }
+        }
+        if lost.load(Ordering::SeqCst) {
+            tracing::warn!(
+                job = a.id,
+                "not reporting: the lease was lost during the run"
+            );
+            return;
         }
         let runner = self
             .runner_for(&a.platform.os, a.isolation)
@@ -301,7 +310,6 @@ impl Worker {
                 }
             }
         }
-        let _ = lost;
     }
 
     fn runner_for(&self, os: &str, iso: Isolation) -> Option<&Arc<dyn Runner>> {

@@ -10,7 +10,6 @@
 
 use super::{Registry, RegistryError, Result};
 use berth_oci::image_config::ImageConfig;
-use berth_oci::manifest::is_index_media_type;
 use berth_oci::media_type as mt;
 use berth_oci::platform::{self, ClientRule, Host, Isolation, Platform, Runnability};
 use berth_oci::verify::{self as wire, build_of, isolation_str, JobState};
@@ -85,6 +84,26 @@ pub struct VerifyPolicy {
     /// Refuse pulls by tag of manifests whose required checks have not passed.
     #[serde(default)]
     pub pull_gate: bool,
+}
+
+/// How deep nested indexes are followed when planning checks.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// The variants of a manifest, as [`Registry::variants_of`] finds them.
+#[derive(Default)]
+struct Variants {
+    images: Vec<(Digest, Platform)>,
+    /// (digest, platform when the index declares one, why it cannot be checked)
+    unverifiable: Vec<(Digest, Option<Platform>, String)>,
+}
+
+/// The checks a policy requires of a manifest.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// One job per check (incompatible pairs already final).
+    pub jobs: Vec<NewJob>,
+    /// Children that must be verified but cannot be: they keep the manifest unverified.
+    pub unverifiable: Vec<(String, Platform, String)>,
 }
 
 /// Compiled verification settings.
@@ -334,86 +353,128 @@ impl Registry {
             .is_some_and(|p| p.protected_tags.iter().any(|t| t.matches(tag)))
     }
 
-    /// The variants of a manifest that can be verified: image manifests with an image config,
-    /// stored here, with their platforms. Artifacts and absent index children are left out.
-    async fn variants_of(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        m: &Manifest,
-    ) -> Result<Vec<(Digest, Platform)>> {
-        let mut out = Vec::new();
+    /// The image variants of a manifest: itself (an image), or the image children of an index,
+    /// nested indexes included (up to [`MAX_INDEX_DEPTH`]), each with its platform (from the
+    /// index entry, else from its config, normalised). Children that are not images (their
+    /// config is not an image config: signatures, SBOMs, verification results) are left out.
+    /// Children that cannot be checked (absent from a sparse index, unreadable, nested too
+    /// deep) are returned apart, so that the gate fails closed on them.
+    async fn variants_of(&self, repo: &str, digest: &Digest, m: &Manifest) -> Result<Variants> {
+        let mut out = Variants::default();
         match m.kind {
             ManifestKind::Image => {
                 let Some(cfg) = m.config.as_ref().filter(|c| is_image_config(&c.media_type)) else {
                     return Ok(out);
                 };
-                if m.artifact_type.is_some() {
-                    return Ok(out);
-                }
-                if let Some(c) = self
+                match self
                     .read_small_blob(&cfg.digest)
                     .await?
                     .and_then(|b| ImageConfig::parse(&b).ok())
                 {
-                    out.push((digest.clone(), c.platform()));
+                    Some(c) => out.images.push((digest.clone(), c.platform().normalized())),
+                    None => out.unverifiable.push((
+                        digest.clone(),
+                        None,
+                        "its image config is missing or unreadable".into(),
+                    )),
                 }
             }
             ManifestKind::Index => {
-                for d in &m.manifests {
-                    if is_index_media_type(&d.media_type) {
-                        continue;
-                    }
-                    let Some(child) = self.meta.manifest(repo, &d.digest).await? else {
-                        continue;
-                    };
-                    let Ok(cm) = Manifest::parse(&child.content, Some(&child.media_type)) else {
-                        continue;
-                    };
-                    if cm.kind != ManifestKind::Image
-                        || cm.artifact_type.is_some()
-                        || !cm
-                            .config
-                            .as_ref()
-                            .is_some_and(|c| is_image_config(&c.media_type))
-                    {
-                        continue;
-                    }
-                    let p = match d
-                        .platform
-                        .clone()
-                        .and_then(|v| serde_json::from_value::<Platform>(v).ok())
-                    {
-                        Some(p) => p,
-                        None => match self.image_of(&child).await? {
-                            Some((_, Some(c))) => c.platform(),
-                            _ => continue,
-                        },
-                    };
-                    if !out.iter().any(|(x, _)| x == &d.digest) {
-                        out.push((d.digest.clone(), p));
-                    }
-                }
+                Box::pin(self.index_variants(repo, m, 1, &mut out)).await?;
             }
         }
         Ok(out)
     }
 
-    /// The checks the repository's policy requires of a manifest, as new jobs (incompatible
-    /// pairs already final).
-    pub async fn plan_checks(
+    async fn index_variants(
         &self,
         repo: &str,
-        digest: &Digest,
         m: &Manifest,
-    ) -> Result<Vec<NewJob>> {
+        depth: usize,
+        out: &mut Variants,
+    ) -> Result<()> {
+        for d in &m.manifests {
+            let declared = d
+                .platform
+                .clone()
+                .and_then(|v| serde_json::from_value::<Platform>(v).ok())
+                .map(|p| p.normalized());
+            if out.images.iter().any(|(x, _)| x == &d.digest)
+                || out.unverifiable.iter().any(|(x, _, _)| x == &d.digest)
+            {
+                continue;
+            }
+            let Some(child) = self.meta.manifest(repo, &d.digest).await? else {
+                out.unverifiable.push((
+                    d.digest.clone(),
+                    declared,
+                    "absent from the repository (sparse index): push it to verify it".into(),
+                ));
+                continue;
+            };
+            let Ok(cm) = Manifest::parse(&child.content, Some(&child.media_type)) else {
+                out.unverifiable
+                    .push((d.digest.clone(), declared, "unreadable manifest".into()));
+                continue;
+            };
+            if cm.kind == ManifestKind::Index {
+                if depth >= MAX_INDEX_DEPTH {
+                    out.unverifiable.push((
+                        d.digest.clone(),
+                        declared,
+                        format!("index nested more than {MAX_INDEX_DEPTH} deep"),
+                    ));
+                } else {
+                    Box::pin(self.index_variants(repo, &cm, depth + 1, out)).await?;
+                }
+                continue;
+            }
+            if !cm
+                .config
+                .as_ref()
+                .is_some_and(|c| is_image_config(&c.media_type))
+            {
+                continue;
+            }
+            let p = match declared {
+                Some(p) => p,
+                None => match self.image_of(&child).await? {
+                    Some((_, Some(c))) => c.platform().normalized(),
+                    _ => {
+                        out.unverifiable.push((
+                            d.digest.clone(),
+                            None,
+                            "no platform in the index and no readable image config".into(),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            out.images.push((d.digest.clone(), p));
+        }
+        Ok(())
+    }
+
+    /// The checks the repository's policy requires of a manifest, as new jobs (incompatible
+    /// pairs already final).
+    pub async fn plan_checks(&self, repo: &str, digest: &Digest, m: &Manifest) -> Result<Plan> {
+        let mut plan = Plan::default();
         let Some((policy, hosts)) = self.settings.verify.for_repo(repo) else {
-            return Ok(vec![]);
+            return Ok(plan);
         };
         let cfg = self.settings.verify.config();
         let index = (m.kind == ManifestKind::Index).then(|| digest.to_string());
-        let mut jobs = Vec::new();
-        for (child, p) in self.variants_of(repo, digest, m).await? {
+        let variants = self.variants_of(repo, digest, m).await?;
+        for (child, p, reason) in variants.unverifiable {
+            // Fail closed: a child the policy may select (its platform is unknown, or
+            // selected) and that cannot be checked keeps the manifest unverified.
+            if p.as_ref().is_none_or(|p| platform_selected(policy, p)) {
+                plan.unverifiable
+                    .push((child.to_string(), p.unwrap_or_default(), reason));
+            }
+        }
+        let jobs = &mut plan.jobs;
+        for (child, p) in variants.images {
             if !platform_selected(policy, &p) {
                 continue;
             }
@@ -469,7 +530,7 @@ impl Registry {
                 }
             }
         }
-        Ok(jobs)
+        Ok(plan)
     }
 
     /// Plans and queues the checks of a stored manifest. `requeue` runs finished checks
@@ -490,7 +551,7 @@ impl Registry {
             .ok_or_else(|| RegistryError::ManifestUnknown(digest.to_string()))?;
         let m = Manifest::parse(&stored.content, Some(&stored.media_type))
             .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-        let jobs = self.plan_checks(repo, digest, &m).await?;
+        let jobs = self.plan_checks(repo, digest, &m).await?.jobs;
         if jobs.is_empty() {
             return Ok(vec![]);
         }
@@ -529,7 +590,10 @@ impl Registry {
 
     async fn status_of(&self, repo: &str, digest: &Digest, m: &Manifest) -> Result<Status> {
         let policy = self.verify_policy(repo).map(|p| p.name.clone());
-        let planned = self.plan_checks(repo, digest, m).await?;
+        let Plan {
+            jobs: planned,
+            unverifiable,
+        } = self.plan_checks(repo, digest, m).await?;
         let mut rows: BTreeMap<String, Vec<JobRow>> = BTreeMap::new();
         for j in &planned {
             if !rows.contains_key(&j.digest) {
@@ -581,6 +645,23 @@ impl Registry {
                 },
             };
             checks.push(check);
+        }
+        for (d, p, reason) in unverifiable {
+            checks.push(Check {
+                digest: d,
+                platform: p,
+                isolation: Isolation::Process,
+                host_build: None,
+                required: true,
+                state: "unverifiable".into(),
+                satisfied: false,
+                job: None,
+                simulated: false,
+                exit_code: None,
+                message: reason,
+                attempts: 0,
+                result: None,
+            });
         }
         let req: Vec<&Check> = checks.iter().filter(|c| c.required).collect();
         let passed = req.iter().filter(|c| c.satisfied).count();

@@ -10,7 +10,8 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_auth::Principal;
+use berth_auth::authorizer::Rules;
+use berth_auth::{scope::covers, Action, Principal};
 use berth_oci::ErrorCode;
 use serde::Deserialize;
 use serde_json::json;
@@ -53,6 +54,53 @@ pub(crate) async fn api_principal(
         a.principal(&caller).await?.ok_or_else(unauthorized)?
     };
     Ok(Some(principal))
+}
+
+/// The caller and what it may do; `None` when auth is off.
+pub(crate) struct Who {
+    pub(crate) principal: Option<Principal>,
+    pub(crate) rules: Option<Rules>,
+}
+
+impl Who {
+    pub(crate) fn subject(&self) -> String {
+        self.principal
+            .as_ref()
+            .map(Principal::subject)
+            .unwrap_or_else(|| "anonymous".into())
+    }
+
+    pub(crate) fn may(&self, repo: &str, action: Action) -> bool {
+        match &self.rules {
+            None => true,
+            Some(r) => covers(&r.allowed(repo), action),
+        }
+    }
+
+    pub(crate) fn require(&self, repo: &str, action: Action) -> Result<(), ApiError> {
+        if self.may(repo, action) {
+            Ok(())
+        } else {
+            Err(ApiError::oci(
+                ErrorCode::Denied,
+                format!(
+                    "requested access to the resource is denied: {} on {repo}",
+                    action.as_str()
+                ),
+            )
+            .detail(json!({"name": repo, "action": action.as_str()})))
+        }
+    }
+}
+
+pub(crate) async fn who(st: &AppState, h: &HeaderMap, peer: SocketAddr) -> Result<Who, ApiError> {
+    let principal = api_principal(st, h, peer).await?;
+    let rules = match (&st.auth, &principal) {
+        (Some(a), Some(p)) => Some(a.authorizer.rules(p).await?),
+        (Some(_), None) => unreachable!("api_principal answers None only when auth is off"),
+        (None, _) => None,
+    };
+    Ok(Who { principal, rules })
 }
 
 pub(crate) async fn require_admin(

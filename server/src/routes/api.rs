@@ -3,11 +3,14 @@
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
 use axum::Json;
+use berth_auth::Action;
 use berth_oci::platform::{ClientRule, Host, Isolation, Platform};
 use berth_oci::{ErrorCode, Reference, RepoName};
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 pub(crate) fn bad_query(e: QueryRejection) -> ApiError {
     ApiError::oci(
@@ -33,12 +36,18 @@ fn target(repo: &str, reference: &str) -> Result<(RepoName, Reference), ApiError
 }
 
 /// `GET /berth/v1/inspect?repository=R&reference=T`: the tag's variant table.
+/// Needs pull on the repository.
 pub async fn inspect(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
     q: Result<Query<InspectQuery>, QueryRejection>,
 ) -> Result<Json<crate::registry::Inspection>, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
     let (name, r) = target(&q.repository, &q.reference)?;
+    super::admin::who(&st, &h, peer)
+        .await?
+        .require(name.as_str(), Action::Pull)?;
     Ok(Json(st.registry.inspect(name.as_str(), &r).await?))
 }
 
@@ -58,12 +67,18 @@ pub struct ResolveQuery {
 }
 
 /// `GET /berth/v1/resolve`: which manifest this host would pull, and why.
+/// Needs pull on the repository.
 pub async fn resolve(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
     q: Result<Query<ResolveQuery>, QueryRejection>,
 ) -> Result<Json<crate::registry::ResolveAnswer>, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
     let (name, r) = target(&q.repository, &q.reference)?;
+    super::admin::who(&st, &h, peer)
+        .await?
+        .require(name.as_str(), Action::Pull)?;
     let mut platform: Platform =
         q.platform
             .parse()

@@ -6,7 +6,7 @@
 //! repositories where they hold `verify`; people need `pull` to read results and `push` (or
 //! `verify`) to queue a verification.
 
-use super::admin::{api_principal, bad, json_body, not_found};
+use super::admin::{bad, json_body, not_found, who, Who};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Bytes;
@@ -15,8 +15,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_auth::authorizer::Rules;
-use berth_auth::{scope::covers, Action, Principal};
+use berth_auth::{Action, Principal};
 use berth_oci::platform::Platform;
 use berth_oci::verify::{
     build_of, isolation_str, Assignment, ClaimRequest, Heartbeat, JobState, Report, Worker,
@@ -32,56 +31,11 @@ use std::time::{Duration, Instant};
 
 /// Longest long-poll of a claim.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Claimable jobs read per query while a claim looks for one it may take.
+const CLAIM_PAGE: i64 = 50;
 /// How often a waiting claim looks again without a wake-up (other replicas, expired leases,
 /// backoffs running out).
 const POLL: Duration = Duration::from_secs(2);
-
-/// The caller and what it may do; `None` when auth is off.
-struct Who {
-    principal: Option<Principal>,
-    rules: Option<Rules>,
-}
-
-impl Who {
-    fn subject(&self) -> String {
-        self.principal
-            .as_ref()
-            .map(Principal::subject)
-            .unwrap_or_else(|| "anonymous".into())
-    }
-
-    fn may(&self, repo: &str, action: Action) -> bool {
-        match &self.rules {
-            None => true,
-            Some(r) => covers(&r.allowed(repo), action),
-        }
-    }
-
-    fn require(&self, repo: &str, action: Action) -> Result<(), ApiError> {
-        if self.may(repo, action) {
-            Ok(())
-        } else {
-            Err(ApiError::oci(
-                ErrorCode::Denied,
-                format!(
-                    "requested access to the resource is denied: {} on {repo}",
-                    action.as_str()
-                ),
-            )
-            .detail(json!({"name": repo, "action": action.as_str()})))
-        }
-    }
-}
-
-async fn who(st: &AppState, h: &HeaderMap, peer: SocketAddr) -> Result<Who, ApiError> {
-    let principal = api_principal(st, h, peer).await?;
-    let rules = match (&st.auth, &principal) {
-        (Some(a), Some(p)) => Some(a.authorizer.rules(p).await?),
-        (Some(_), None) => unreachable!("api_principal answers None only when auth is off"),
-        (None, _) => None,
-    };
-    Ok(Who { principal, rules })
-}
 
 fn worker_id(principal: &str, name: &str) -> String {
     let h = sha2::Sha256::digest(format!("{principal}\0{name}").as_bytes());
@@ -255,28 +209,44 @@ pub async fn claim(
                 "verification jobs gave up: workers stopped sending heartbeats"
             );
         }
-        for (id, repo) in reg_meta.claim_candidates(&filter, 50).await? {
-            if !who.may(&repo, Action::Verify) {
-                continue;
+        // Page through every claimable job: jobs of repositories this worker may not verify
+        // must not hide the ones it may.
+        let mut after = 0;
+        loop {
+            let page = reg_meta
+                .claim_candidates(&filter, after, CLAIM_PAGE)
+                .await?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = *last;
+            let full = page.len() as i64 == CLAIM_PAGE;
+            for (id, repo) in page {
+                if !who.may(&repo, Action::Verify) {
+                    continue;
+                }
+                let lease = uuid::Uuid::new_v4().to_string();
+                if let Some(job) = reg_meta.try_claim(id, &lease, &row.id, lease_secs).await? {
+                    tracing::info!(job = id, worker = %row.id, attempt = job.attempts, "verification job claimed");
+                    let a = Assignment {
+                        id: job.id,
+                        repository: job.repository.clone(),
+                        digest: job.digest.clone(),
+                        index_digest: job.index_digest.clone(),
+                        platform: job.platform.clone(),
+                        isolation: job.isolation,
+                        host_build: job.host_build.clone(),
+                        probe: job.probe.clone(),
+                        timeout_secs: u64::try_from(job.timeout_secs).unwrap_or(0),
+                        attempt: u32::try_from(job.attempts).unwrap_or(0),
+                        lease,
+                        lease_secs: cfg.lease_secs,
+                    };
+                    return Ok((StatusCode::OK, Json(a)).into_response());
+                }
             }
-            let lease = uuid::Uuid::new_v4().to_string();
-            if let Some(job) = reg_meta.try_claim(id, &lease, &row.id, lease_secs).await? {
-                tracing::info!(job = id, worker = %row.id, attempt = job.attempts, "verification job claimed");
-                let a = Assignment {
-                    id: job.id,
-                    repository: job.repository.clone(),
-                    digest: job.digest.clone(),
-                    index_digest: job.index_digest.clone(),
-                    platform: job.platform.clone(),
-                    isolation: job.isolation,
-                    host_build: job.host_build.clone(),
-                    probe: job.probe.clone(),
-                    timeout_secs: u64::try_from(job.timeout_secs).unwrap_or(0),
-                    attempt: u32::try_from(job.attempts).unwrap_or(0),
-                    lease,
-                    lease_secs: cfg.lease_secs,
-                };
-                return Ok((StatusCode::OK, Json(a)).into_response());
+            if !full {
+                break;
             }
         }
         let now = Instant::now();
@@ -404,13 +374,7 @@ pub async fn result(
         Finished::Stored(j) => {
             tracing::info!(job = id, state = j.state.as_str(), exit_code = ?j.exit_code, simulated = j.simulated, "verification result");
             let j = if j.state.is_final() {
-                match st.registry.record_result(&j).await {
-                    Ok(_) => meta.job(id).await?.unwrap_or(j),
-                    Err(e) => {
-                        tracing::warn!(job = id, error = %e, "could not attach the result as a referrer");
-                        j
-                    }
-                }
+                attach(&st, id, j).await?
             } else {
                 // Back in the queue: wake waiting workers once the backoff has passed
                 // (they poll anyway).
@@ -419,9 +383,24 @@ pub async fn result(
             };
             Ok(Json(job_json(&j)).into_response())
         }
-        Finished::Repeated(j) => Ok(Json(job_json(&j)).into_response()),
+        Finished::Repeated(j) => Ok(Json(job_json(&attach(&st, id, j).await?)).into_response()),
         Finished::LeaseLost => Err(lease_lost(id)),
         Finished::Unknown => Err(not_found(&format!("job {id}"))),
+    }
+}
+
+/// Attaches a final result as a referrer unless it already is one (a repeated report retries
+/// an attachment that failed the first time).
+async fn attach(st: &AppState, id: i64, j: JobRow) -> Result<JobRow, ApiError> {
+    if !j.state.is_final() || j.result_digest.is_some() {
+        return Ok(j);
+    }
+    match st.registry.record_result(&j).await {
+        Ok(_) => Ok(st.registry.meta.job(id).await?.unwrap_or(j)),
+        Err(e) => {
+            tracing::warn!(job = id, error = %e, "could not attach the result as a referrer");
+            Ok(j)
+        }
     }
 }
 

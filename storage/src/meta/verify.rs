@@ -305,21 +305,26 @@ impl Meta {
         Ok(n)
     }
 
-    /// Up to `limit` claimable jobs a worker could take, oldest first: (id, repository).
+    /// Up to `limit` claimable jobs a worker could take with an id above `after`, oldest
+    /// first: (id, repository).
     pub async fn claim_candidates(
         &self,
         f: &ClaimFilter,
+        after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String)>> {
         if f.isolation.is_empty() {
             return Ok(vec![]);
         }
-        let iso: Vec<String> = (0..f.isolation.len())
-            .map(|i| format!("${}", i + 6))
+        let mut isolation: Vec<&str> = f.isolation.iter().map(|i| isolation_str(*i)).collect();
+        isolation.sort_unstable();
+        isolation.dedup();
+        let iso: Vec<String> = (0..isolation.len())
+            .map(|i| format!("${}", i + 7))
             .collect();
         let sql = format!(
             "SELECT id, repository FROM verify_jobs WHERE os = $1 AND architecture = $2 \
-             AND (host_build = '' OR host_build = $3) AND {} AND isolation IN ({}) \
+             AND (host_build = '' OR host_build = $3) AND {} AND id > $6 AND isolation IN ({}) \
              ORDER BY id LIMIT $5",
             claimable("$4"),
             iso.join(", ")
@@ -329,9 +334,10 @@ impl Meta {
             .bind(&f.architecture)
             .bind(f.host_build.as_deref().unwrap_or(""))
             .bind(now_secs())
-            .bind(limit);
-        for i in &f.isolation {
-            q = q.bind(isolation_str(*i));
+            .bind(limit)
+            .bind(after);
+        for i in isolation {
+            q = q.bind(i);
         }
         let rows = q.fetch_all(&self.write).await?;
         rows.iter()
