@@ -374,7 +374,7 @@ pub async fn result(
         Finished::Stored(j) => {
             tracing::info!(job = id, state = j.state.as_str(), exit_code = ?j.exit_code, simulated = j.simulated, "verification result");
             let j = if j.state.is_final() {
-                attach(&st, id, j).await?
+                attach(&st, id, j, false).await?
             } else {
                 // Back in the queue: wake waiting workers once the backoff has passed
                 // (they poll anyway).
@@ -383,16 +383,19 @@ pub async fn result(
             };
             Ok(Json(job_json(&j)).into_response())
         }
-        Finished::Repeated(j) => Ok(Json(job_json(&attach(&st, id, j).await?)).into_response()),
+        Finished::Repeated(j) => {
+            Ok(Json(job_json(&attach(&st, id, j, true).await?)).into_response())
+        }
         Finished::LeaseLost => Err(lease_lost(id)),
         Finished::Unknown => Err(not_found(&format!("job {id}"))),
     }
 }
 
-/// Attaches a final result as a referrer unless it already is one (a repeated report retries
-/// an attachment that failed the first time).
-async fn attach(st: &AppState, id: i64, j: JobRow) -> Result<JobRow, ApiError> {
-    if !j.state.is_final() || j.result_digest.is_some() {
+/// Attaches a final result as a referrer. A repeated report (`repeat`) attaches only when
+/// the first attempt failed to (no result digest yet); a fresh result always does, since a
+/// re-queued job still carries its previous run's digest.
+async fn attach(st: &AppState, id: i64, j: JobRow, repeat: bool) -> Result<JobRow, ApiError> {
+    if !j.state.is_final() || (repeat && j.result_digest.is_some()) {
         return Ok(j);
     }
     match st.registry.record_result(&j).await {
