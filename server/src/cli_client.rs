@@ -1,7 +1,7 @@
 //! The client side of `berth resolve` and `berth inspect`: they ask a running registry's
 //! `/berth/v1/` API and print the answer.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::Value;
 use std::process::ExitCode;
 
@@ -49,13 +49,18 @@ async fn get_json(url: reqwest::Url) -> anyhow::Result<Value> {
     let status = resp.status();
     let body: Value = resp.json().await.context("reading the answer")?;
     if !status.is_success() {
-        let msg = body["errors"][0]["message"]
-            .as_str()
-            .unwrap_or("request failed");
-        let code = body["errors"][0]["code"].as_str().unwrap_or("");
-        bail!("{status} {code}: {msg}");
+        return Err(api_error(status, &body));
     }
     Ok(body)
+}
+
+/// A registry's error answer (the spec's error JSON) as `STATUS CODE: message`.
+pub(crate) fn api_error(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
+    let msg = body["errors"][0]["message"]
+        .as_str()
+        .unwrap_or("request failed");
+    let code = body["errors"][0]["code"].as_str().unwrap_or("");
+    anyhow::anyhow!("{status} {code}: {msg}")
 }
 
 /// `berth resolve`. Succeeds (true) when some manifest is chosen.

@@ -58,11 +58,7 @@ impl Client {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let msg = body["errors"][0]["message"]
-                .as_str()
-                .unwrap_or("request failed");
-            let code = body["errors"][0]["code"].as_str().unwrap_or("");
-            bail!("{status} {code}: {msg}");
+            return Err(crate::cli_client::api_error(status, &body));
         }
         Ok(body)
     }

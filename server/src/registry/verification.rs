@@ -544,13 +544,7 @@ impl Registry {
         if self.settings.verify.for_repo(repo).is_none() {
             return Ok(vec![]);
         }
-        let stored = self
-            .meta
-            .manifest(repo, digest)
-            .await?
-            .ok_or_else(|| RegistryError::ManifestUnknown(digest.to_string()))?;
-        let m = Manifest::parse(&stored.content, Some(&stored.media_type))
-            .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let m = self.stored_manifest(repo, digest).await?;
         let jobs = self.plan_checks(repo, digest, &m).await?.jobs;
         if jobs.is_empty() {
             return Ok(vec![]);
@@ -576,15 +570,20 @@ impl Registry {
         Ok(queued)
     }
 
-    /// The gate's view of a manifest: every required check and its state.
-    pub async fn verification_status(&self, repo: &str, digest: &Digest) -> Result<Status> {
+    /// A stored manifest of the repository, parsed.
+    async fn stored_manifest(&self, repo: &str, digest: &Digest) -> Result<Manifest> {
         let stored = self
             .meta
             .manifest(repo, digest)
             .await?
             .ok_or_else(|| RegistryError::ManifestUnknown(digest.to_string()))?;
-        let m = Manifest::parse(&stored.content, Some(&stored.media_type))
-            .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        Manifest::parse(&stored.content, Some(&stored.media_type))
+            .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))
+    }
+
+    /// The gate's view of a manifest: every required check and its state.
+    pub async fn verification_status(&self, repo: &str, digest: &Digest) -> Result<Status> {
+        let m = self.stored_manifest(repo, digest).await?;
         self.status_of(repo, digest, &m).await
     }
 
@@ -825,8 +824,8 @@ impl Registry {
     }
 }
 
-/// Seconds since the epoch as RFC 3339 UTC.
-fn rfc3339(secs: i64) -> String {
+/// Seconds since the epoch as RFC 3339 UTC (also the token endpoint's `issued_at`).
+pub(crate) fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).

@@ -4,6 +4,7 @@
 use super::query_pairs;
 use crate::auth::{bad_credentials, basic_credentials, too_many, AuthState};
 use crate::error::ApiError;
+use crate::registry::verification::rfc3339;
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
@@ -23,29 +24,6 @@ fn auth_state(st: &AppState) -> Result<&AuthState, ApiError> {
         )
         .status(StatusCode::NOT_FOUND)
     })
-}
-
-/// RFC 3339 in UTC from Unix seconds.
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 async fn issue(
