@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every berth test on a fresh Debian 12 machine (as root): installs what the tests need,
-# starts the services they use (dockerd), builds once in release mode, then runs the unit
-# tests and the end-to-end tests against the real binaries and real clients.
+# starts the services they use (dockerd, moto), builds once in release mode, then runs the unit
+# tests, the official OCI conformance suites (../shared/conformance) and the end-to-end tests
+# against the real binaries and real clients, on the filesystem and on S3.
 #   bash tests/run-all.sh            # everything
 #   PYTEST_ARGS="-k docker" bash tests/run-all.sh
 set -euo pipefail
@@ -51,6 +52,12 @@ step "end-to-end tests on the filesystem backend (real binary, docker, skopeo, o
 export BERTH_BIN="$REPO/target/release/berth"
 # shellcheck disable=SC2086
 "$REPO/.venv/bin/pytest" -q -p no:cacheprovider tests/e2e ${PYTEST_ARGS:-}
+
+step "OCI conformance suites (v1.1.1 and main) on the embedded defaults: filesystem + SQLite"
+bash tests/conformance.sh
+
+step "OCI conformance suites on the S3 backend"
+BACKEND=s3 bash tests/conformance.sh
 
 step "end-to-end tests on the S3 backend"
 # The same registry suites with blobs in S3; tests of the filesystem backend's own files

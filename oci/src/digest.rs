@@ -150,6 +150,9 @@ pub enum Hasher {
     Sha256(sha2::Sha256),
     /// sha512 state.
     Sha512(sha2::Sha512),
+    /// Both at once, for an upload whose bytes cannot be read back before it is closed (S3):
+    /// the closing request names the algorithm only at the end.
+    Both(sha2::Sha256, sha2::Sha512),
 }
 
 impl Hasher {
@@ -161,10 +164,15 @@ impl Hasher {
         }
     }
 
-    /// Which algorithm this hasher computes.
+    /// A hasher computing sha256 and sha512 together.
+    pub fn both() -> Self {
+        Hasher::Both(sha2::Sha256::new(), sha2::Sha512::new())
+    }
+
+    /// Which algorithm this hasher computes (sha256 for [`Hasher::Both`], its first).
     pub fn algorithm(&self) -> Algorithm {
         match self {
-            Hasher::Sha256(_) => Algorithm::Sha256,
+            Hasher::Sha256(_) | Hasher::Both(..) => Algorithm::Sha256,
             Hasher::Sha512(_) => Algorithm::Sha512,
         }
     }
@@ -174,17 +182,32 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => h.update(bytes),
             Hasher::Sha512(h) => h.update(bytes),
+            Hasher::Both(a, b) => {
+                a.update(bytes);
+                b.update(bytes);
+            }
         }
     }
 
-    /// The digest of everything fed so far.
+    /// The digest of everything fed so far, by [`Hasher::algorithm`].
     pub fn finish(self) -> Digest {
         let algorithm = self.algorithm();
-        let hex = match self {
-            Hasher::Sha256(h) => hex::encode(h.finalize()),
-            Hasher::Sha512(h) => hex::encode(h.finalize()),
+        self.finish_as(algorithm)
+            .expect("a hasher computes its own algorithm")
+    }
+
+    /// The digest by `algorithm`, or `None` when this hasher does not compute it.
+    pub fn finish_as(self, algorithm: Algorithm) -> Option<Digest> {
+        let hex = match (self, algorithm) {
+            (Hasher::Sha256(h) | Hasher::Both(h, _), Algorithm::Sha256) => {
+                hex::encode(h.finalize())
+            }
+            (Hasher::Sha512(h) | Hasher::Both(_, h), Algorithm::Sha512) => {
+                hex::encode(h.finalize())
+            }
+            _ => return None,
         };
-        Digest::from_parts(algorithm, &hex)
+        Some(Digest::from_parts(algorithm, &hex))
     }
 }
 
@@ -221,6 +244,20 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn both_computes_either_digest() {
+        let mut h = Hasher::both();
+        h.update(b"ab");
+        h.update(b"c");
+        assert_eq!(
+            h.clone().finish_as(Algorithm::Sha512),
+            Some(Digest::compute(Algorithm::Sha512, b"abc"))
+        );
+        assert_eq!(h.finish(), Digest::sha256(b"abc"));
+        let only = Hasher::new(Algorithm::Sha256);
+        assert_eq!(only.finish_as(Algorithm::Sha512), None);
     }
 
     #[test]

@@ -528,6 +528,19 @@ def test_manifest_unknown(c):
         assert_error(c.delete(f"/v2/{name}/manifests/{ref}"), 404, "MANIFEST_UNKNOWN")
 
 
+@pytest.mark.parametrize("bad", [".INVALID_MANIFEST_NAME", "-dash", "x" * 129, "tag with space"])
+def test_invalid_tag_reference_is_manifest_unknown(c, bad):
+    # distribution-spec: GET/HEAD/DELETE of a manifest list only 404 MANIFEST_UNKNOWN for a
+    # reference the registry does not have; a string that cannot be a tag is one of those.
+    name = uniq()
+    c.push_manifest(name, "exists", canon(image_manifest(c, name)))
+    assert_error(c.get(f"/v2/{name}/manifests/{bad}"), 404, "MANIFEST_UNKNOWN")
+    assert_error(c.head(f"/v2/{name}/manifests/{bad}"), 404, "MANIFEST_UNKNOWN")
+    assert_error(c.delete(f"/v2/{name}/manifests/{bad}"), 404, "MANIFEST_UNKNOWN")
+    # a PUT under such a name is the client's mistake (v1.1 has no TAG_INVALID code)
+    assert_error(c.put_manifest(name, bad, canon(image_manifest(c, name))), 400, "MANIFEST_INVALID")
+
+
 def test_manifest_unknown_repo(c):
     r = c.get(f"/v2/{uniq()}/manifests/latest")
     assert r.status_code == 404

@@ -325,6 +325,22 @@ def test_unknown_paths_get_json_errors(c, path):
     assert body["errors"][0]["code"] in SPEC_CODES, body
 
 
+@pytest.mark.parametrize("method,path,status,code", [
+    ("GET", "/v2/a%FFb/manifests/latest", 400, "NAME_INVALID"),
+    ("PUT", "/v2/a%FFb/manifests/latest", 400, "NAME_INVALID"),
+    ("POST", "/v2/%ED%A0%80/blobs/uploads/", 400, "NAME_INVALID"),
+    ("GET", "/v2/x/manifests/%C3%28", 404, "MANIFEST_UNKNOWN"),
+    ("DELETE", "/v2/x/manifests/%C3%28", 404, "MANIFEST_UNKNOWN"),
+    ("GET", "/v2/x/blobs/sha256%3A%FF", 400, "DIGEST_INVALID"),
+    ("GET", "/v2/x/blobs/uploads/%FF", 404, "BLOB_UPLOAD_UNKNOWN"),
+    ("GET", "/v2/x/tags/list%FE", 404, "NAME_UNKNOWN"),
+])
+def test_non_utf8_paths_get_spec_errors(c, method, path, status, code):
+    # a path that percent-decodes to invalid UTF-8 is answered like every other bad path, with
+    # the spec's JSON error body for the part that is wrong (the router's plain text before)
+    assert_error(c.request(method, path, data=b""), status, code)
+
+
 # ---------------------------------------------------------------- connection reuse after errors
 
 @pytest.mark.parametrize("case", ["patch_unknown_upload", "post_invalid_name", "manifest_too_big",

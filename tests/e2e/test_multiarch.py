@@ -47,7 +47,7 @@ platform_check = "off"
 
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory):
-    """berth on embedded defaults (platform_check=warn, MCR allowlist, no sparse indexes)."""
+    """berth on embedded defaults (platform_check=warn, any https foreign-layer URL, no sparse indexes)."""
     b = Berth(tmp_path_factory.mktemp("ma-default") / "data").start()
     yield b
     b.stop()
@@ -474,11 +474,13 @@ def mcr(d):
 
 
 def test_foreign_layer_url_policy(reg, c):
+    # image-spec: registries accept existing images with non-distributable layers. By default any
+    # https URL is taken, the blob never pushed; Docker and OCI media types alike.
     repo = uniq("win/foreign")
-    # accepted without the blob: MCR and go.microsoft.com (fwlink), Docker and OCI media types
     for n, (fmt, urls) in enumerate((("docker", mcr), ("oci", mcr),
                                      ("docker", ["https://go.microsoft.com/fwlink/?linkid=837858"]),
-                                     ("oci", lambda d: mcr(d) + ["https://go.microsoft.com/fwlink/?linkid=837858"]))):
+                                     ("oci", ["https://store.example.com/blobs/base.tar.gz"]),
+                                     ("oci", lambda d: mcr(d) + ["https://example.com/mirror/x"]))):
         img = wi.windows_image("10.0.17763.5936", fmt=fmt, foreign_urls=urls)
         base = img.layers[0]
         assert base.media_type == (DOCKER_FOREIGN if fmt == "docker" else OCI_NONDIST)
@@ -493,21 +495,36 @@ def test_foreign_layer_url_policy(reg, c):
         r = c.put_manifest(repo, f"list-{n}", body, mt)
         assert r.status_code == 201 and warnings_of(r) == [], (r.text, warnings_of(r))
 
-    # refused: a URL outside the allowlist, plain http, a look-alike host, one bad URL among good ones
+    # refused by default: plain http and other schemes, also one among good URLs; the spec's
+    # answer for a layer the registry will not take is MANIFEST_BLOB_UNKNOWN
+    for urls in (["http://mcr.microsoft.com/v2/windows/servercore/blobs/x"],
+                 ["file:///etc/passwd"],
+                 lambda d: mcr(d) + ["http://example.com/mirror/x"]):
+        assert_foreign_refused(c, repo, urls, lambda u: not u.startswith("https://"))
+
+
+def assert_foreign_refused(client, repo, urls, is_bad):
+    for fmt in ("docker", "oci"):
+        img = wi.windows_image("10.0.17763.5936", fmt=fmt, foreign_urls=urls)
+        for b in img.blobs().values():
+            client.push_blob(repo, b)
+        r = client.put_manifest(repo, img.digest, img.manifest, img.media_type)
+        assert_error(r, 400, "MANIFEST_BLOB_UNKNOWN")
+        bad = [u for u in img.layers[0].urls if is_bad(u)][0]
+        err = r.json()["errors"][0]
+        assert bad in err["message"] and err["detail"]["digest"] == img.layers[0].digest, r.text
+        assert client.get(f"/v2/{repo}/manifests/{img.digest}",
+                          headers={"Accept": ALL_MANIFEST_TYPES}).status_code == 404
+
+
+def test_foreign_layer_allow_rule(pc):
+    # an opt-in allowlist (a Windows mirror keeping only Microsoft's URLs) refuses the rest
+    repo = uniq("win/allow")
+    wi.push_image(pc, repo, wi.windows_image("10.0.17763.5936", foreign_urls=mcr), "allowed")
     for urls in (["https://example.com/layers/base.tar.gz"],
-                 ["http://mcr.microsoft.com/v2/windows/servercore/blobs/x"],
                  ["https://mcr.microsoft.com.evil.example/x"],
                  lambda d: mcr(d) + ["https://example.com/mirror/x"]):
-        for fmt in ("docker", "oci"):
-            img = wi.windows_image("10.0.17763.5936", fmt=fmt, foreign_urls=urls)
-            for b in img.blobs().values():
-                c.push_blob(repo, b)
-            r = c.put_manifest(repo, img.digest, img.manifest, img.media_type)
-            assert_error(r, 400, "MANIFEST_INVALID")
-            bad = [u for u in img.layers[0].urls if not u.startswith("https://mcr.microsoft.com/")][0]
-            assert bad in r.json()["errors"][0]["message"], r.text
-            assert c.get(f"/v2/{repo}/manifests/{img.digest}",
-                         headers={"Accept": ALL_MANIFEST_TYPES}).status_code == 404
+        assert_foreign_refused(pc, repo, urls, lambda u: not u.startswith("https://mcr.microsoft.com/"))
 
 
 def test_urls_on_a_distributable_layer_do_not_exempt_it(c):
@@ -537,7 +554,7 @@ def test_foreign_layer_deny_rule(pc):
     for b in denied.blobs().values():
         pc.push_blob(repo, b)
     r = pc.put_manifest(repo, "denied", denied.manifest, denied.media_type)
-    assert_error(r, 400, "MANIFEST_INVALID")
+    assert_error(r, 400, "MANIFEST_BLOB_UNKNOWN")
     msg = r.json()["errors"][0]["message"]
     assert "deny" in msg and "/v2/denied/" in msg, msg
     assert pc.get(f"/v2/{repo}/manifests/denied", headers={"Accept": ALL_MANIFEST_TYPES}).status_code == 404

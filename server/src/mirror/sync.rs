@@ -7,7 +7,7 @@
 use super::def::{dest_repo, Filters, ForeignLayers, MirrorDef};
 use super::upstream::{UpManifest, Upstream, UpstreamError};
 use super::{Live, Progress, ReportItem};
-use crate::registry::{PutMode, Registry, RegistryError};
+use crate::registry::{Chunk, PutMode, Registry, RegistryError};
 use berth_oci::manifest::ManifestKind;
 use berth_oci::media_type as mt;
 use berth_oci::platform::Platform;
@@ -538,7 +538,7 @@ impl Copier<'_> {
                     Ok::<_, std::io::Error>(c)
                 })
                 .boxed();
-            let stored = self.reg.patch_upload(dst, id, None, None, body).await;
+            let stored = self.reg.patch_upload(dst, id, Chunk::streamed(body)).await;
             self.progress.blob_done(&d.digest);
             stored?;
         }

@@ -45,6 +45,17 @@ pub enum RegistryError {
     /// A manifest referencing something that is not there.
     #[error("manifest references unknown blob or manifest {0}")]
     ManifestBlobUnknown(Digest),
+    /// A non-distributable layer whose URLs the foreign-layer policy refuses. The spec answers
+    /// a manifest whose layers the registry will not accept with MANIFEST_BLOB_UNKNOWN.
+    #[error("{what}: foreign layer {digest}: {why}")]
+    ForeignLayerRefused {
+        /// Which descriptor (`layers[0]`).
+        what: String,
+        /// The layer.
+        digest: Digest,
+        /// Which rule refused which URL.
+        why: String,
+    },
     /// Deletes are switched off.
     #[error("deletes are disabled on this registry")]
     DeleteDisabled,
@@ -93,6 +104,10 @@ impl From<RegistryError> for ApiError {
             E::ManifestInvalid(_) => ApiError::oci(ErrorCode::ManifestInvalid, msg),
             E::ManifestBlobUnknown(d) => {
                 ApiError::oci(ErrorCode::ManifestBlobUnknown, msg).detail(json!({ "digest": d }))
+            }
+            E::ForeignLayerRefused { digest, .. } => {
+                ApiError::oci(ErrorCode::ManifestBlobUnknown, msg)
+                    .detail(json!({ "digest": digest }))
             }
             E::DeleteDisabled => ApiError::oci(ErrorCode::Unsupported, msg),
             E::Unverified { missing, .. } => {

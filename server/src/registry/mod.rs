@@ -13,7 +13,7 @@ pub mod verification;
 pub(crate) use error::upload_range;
 pub use error::RegistryError;
 pub use platforms::{Inspection, ResolveAnswer, Variant};
-pub use uploads::{ChunkRange, UploadStatus};
+pub use uploads::{Chunk, ChunkRange, UploadStatus};
 
 use berth_oci::manifest::{is_index_media_type, ManifestKind};
 use berth_oci::media_type::{self as mt};
@@ -306,10 +306,11 @@ impl Registry {
                     if mt::is_foreign_layer(&d.media_type) && !urls.is_empty() {
                         for u in urls {
                             if let Some(why) = self.settings.policies.refuse_url(u) {
-                                return Err(RegistryError::ManifestInvalid(format!(
-                                    "{what}: foreign layer {}: {why}",
-                                    d.digest
-                                )));
+                                return Err(RegistryError::ForeignLayerRefused {
+                                    what,
+                                    digest: d.digest.clone(),
+                                    why,
+                                });
                             }
                         }
                         // Foreign layers live elsewhere; served as pushed when present here.

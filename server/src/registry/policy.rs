@@ -52,10 +52,9 @@ impl Default for Validation {
         Self {
             platform_check: PlatformCheck::Warn,
             sparse_index: false,
-            foreign_layer_allow: vec![
-                r"^https://mcr\.microsoft\.com/".into(),
-                r"^https://go\.microsoft\.com/".into(),
-            ],
+            // The image spec expects registries to take existing images with non-distributable
+            // layers, wherever their URLs point; a Windows mirror can narrow this to Microsoft's.
+            foreign_layer_allow: vec![r"^https://".into()],
             foreign_layer_deny: vec![],
             repositories: vec![],
         }
@@ -126,8 +125,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn default_accepts_any_https_url() {
+        let p = Policies::new(Validation::default()).unwrap();
+        assert!(p.refuse_url("https://store.example.com/blobs/x").is_none());
+        assert!(p.refuse_url("https://mcr.microsoft.com/v2/x").is_none());
+        assert!(p.refuse_url("http://store.example.com/blobs/x").is_some());
+        assert!(p.refuse_url("file:///etc/passwd").is_some());
+    }
+
+    #[test]
     fn rules_and_urls() {
-        let mut v = Validation::default();
+        let mut v = Validation {
+            foreign_layer_allow: vec![
+                r"^https://mcr\.microsoft\.com/".into(),
+                r"^https://go\.microsoft\.com/".into(),
+            ],
+            ..Validation::default()
+        };
         v.repositories.push(RepoRule {
             pattern: RepoPattern::new("mirror/**"),
             platform_check: Some(PlatformCheck::Reject),

@@ -58,6 +58,85 @@ pub struct ChunkRange {
     pub end: u64,
 }
 
+/// A chunk as a client sent it: its declared range and length, and its bytes.
+pub struct Chunk {
+    /// `Content-Range`, when sent.
+    pub range: Option<ChunkRange>,
+    /// `Content-Length`, when sent.
+    pub content_length: Option<u64>,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
+impl Chunk {
+    /// A chunk with no declared range or length (streamed, or copied by a mirror).
+    pub fn streamed(body: ByteStream) -> Self {
+        Self {
+            range: None,
+            content_length: None,
+            body,
+        }
+    }
+
+    /// Checks the declared range against the upload's `offset` before a byte is written, and
+    /// returns the body, cut to fail if it carries other than the declared length. A refused
+    /// chunk's bytes are read and dropped (up to [`DRAIN_LIMIT`]) before the refusal is
+    /// answered: a client still sending them would otherwise see its connection reset and
+    /// never read the answer.
+    async fn checked_body(self, offset: u64) -> Result<ByteStream> {
+        match self.declared_len(offset) {
+            Ok(None) => Ok(self.body),
+            Ok(Some(len)) => Ok(exact_len(self.body, len)),
+            Err(e) => {
+                drain(self.body, DRAIN_LIMIT).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The length the declared range gives, when it continues an upload of `offset` bytes.
+    fn declared_len(&self, offset: u64) -> Result<Option<u64>> {
+        let Some(r) = self.range else {
+            return Ok(None);
+        };
+        let Some(len) = r.end.checked_sub(r.start).and_then(|n| n.checked_add(1)) else {
+            return Err(RegistryError::UploadInvalid(format!(
+                "Content-Range {}-{} is not a valid range",
+                r.start, r.end
+            )));
+        };
+        if r.start != offset {
+            return Err(RegistryError::OutOfOrder {
+                want: offset,
+                got: r.start,
+            });
+        }
+        if let Some(cl) = self.content_length {
+            if cl != len {
+                return Err(RegistryError::UploadInvalid(format!(
+                    "Content-Range covers {len} bytes but Content-Length is {cl}"
+                )));
+            }
+        }
+        // A chunked body must carry exactly the declared range, or the chunk is refused.
+        Ok(Some(len))
+    }
+}
+
+/// How much of a refused chunk is read and dropped; past it the connection is closed.
+const DRAIN_LIMIT: u64 = 16 << 20;
+
+/// Reads and drops `body` until it ends, fails or passes `limit` bytes.
+async fn drain(mut body: ByteStream, limit: u64) {
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = body.next().await {
+        seen += chunk.len() as u64;
+        if seen > limit {
+            return;
+        }
+    }
+}
+
 /// Passes `body` through, failing it if it carries more or fewer than `len` bytes.
 fn exact_len(mut body: ByteStream, len: u64) -> ByteStream {
     let mut seen = 0u64;
@@ -142,7 +221,11 @@ impl Registry {
             }
         }
         let h = if len == 0 {
-            Hasher::new(Algorithm::Sha256)
+            if self.store.rereads_uploads() {
+                Hasher::new(Algorithm::Sha256)
+            } else {
+                Hasher::both()
+            }
         } else {
             match self.rehash(id, Algorithm::Sha256).await {
                 Ok(h) => h,
@@ -169,41 +252,11 @@ impl Registry {
     }
 
     /// Appends a chunk. All or nothing: a failed chunk leaves the upload as it was.
-    pub async fn patch_upload(
-        &self,
-        repo: &str,
-        id: Uuid,
-        range: Option<ChunkRange>,
-        content_length: Option<u64>,
-        body: ByteStream,
-    ) -> Result<UploadStatus> {
+    pub async fn patch_upload(&self, repo: &str, id: Uuid, chunk: Chunk) -> Result<UploadStatus> {
         let session = self.uploads.get(id);
         let mut st = session.lock().await;
         let offset = self.session_len(repo, id).await?;
-        let mut body = body;
-        if let Some(r) = range {
-            let Some(len) = r.end.checked_sub(r.start).and_then(|n| n.checked_add(1)) else {
-                return Err(RegistryError::UploadInvalid(format!(
-                    "Content-Range {}-{} is not a valid range",
-                    r.start, r.end
-                )));
-            };
-            if r.start != offset {
-                return Err(RegistryError::OutOfOrder {
-                    want: offset,
-                    got: r.start,
-                });
-            }
-            if let Some(cl) = content_length {
-                if cl != len {
-                    return Err(RegistryError::UploadInvalid(format!(
-                        "Content-Range covers {len} bytes but Content-Length is {cl}"
-                    )));
-                }
-            }
-            // A chunked body must carry exactly the declared range, or the chunk is refused.
-            body = exact_len(body, len);
-        }
+        let body = chunk.checked_body(offset).await?;
         let mut hasher = self.hasher_at(&mut st, id, offset).await?;
         match self.store.append(id, offset, body, &mut hasher).await {
             Ok(new_len) => {
@@ -229,11 +282,16 @@ impl Registry {
         repo: &str,
         id: Uuid,
         digest: &Digest,
-        body: Option<ByteStream>,
+        last: Option<Chunk>,
     ) -> Result<u64> {
         let session = self.uploads.get(id);
         let mut st = session.lock().await;
         let mut len = self.session_len(repo, id).await?;
+        // The last chunk's range is checked as PATCH checks it, before anything is written.
+        let body = match last {
+            Some(c) => Some(c.checked_body(len).await?),
+            None => None,
+        };
         let mut hasher = self.hasher_at(&mut st, id, len).await?;
         if let Some(body) = body {
             len = self
@@ -243,21 +301,17 @@ impl Registry {
                 .map_err(|e| append_error(e, "last chunk"))?;
             st.hasher = Some((len, hasher.clone()));
         }
-        let got = if digest.algorithm() == Algorithm::Sha256 {
-            hasher.finish()
-        } else {
-            match self.rehash(id, digest.algorithm()).await {
+        let got = match hasher.finish_as(digest.algorithm()) {
+            Some(d) => d,
+            None => match self.rehash(id, digest.algorithm()).await {
                 Ok(h) => h.finish(),
                 Err(RegistryError::Storage(berth_storage::Error::NotFound)) => {
+                    // Only after a restart lost the in-memory state of an S3 upload.
                     self.drop_upload(id).await?;
-                    return Err(RegistryError::UploadInvalid(format!(
-                        "this storage backend cannot verify a {} digest of a chunked upload; \
-                         send the blob in one request (POST ?digest=) or use sha256",
-                        digest.algorithm().as_str()
-                    )));
+                    return Err(RegistryError::UploadUnknown(id.to_string()));
                 }
                 Err(e) => return Err(e),
-            }
+            },
         };
         if &got != digest {
             self.drop_upload(id).await?;

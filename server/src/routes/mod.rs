@@ -19,7 +19,7 @@ use crate::auth::{Caller, Need};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_auth::Action;
@@ -37,6 +37,14 @@ pub enum OciPath {
         name: RepoName,
         /// Tag or digest.
         reference: Reference,
+    },
+    /// `/v2/<name>/manifests/<reference>` whose reference is neither a tag nor a digest: no
+    /// manifest has it (GET, HEAD and DELETE answer 404), and a PUT cannot create it (400).
+    ManifestBadTag {
+        /// Repository.
+        name: RepoName,
+        /// Why the reference is not a tag.
+        why: String,
     },
     /// `/v2/<name>/blobs/<digest>`
     Blob {
@@ -91,10 +99,12 @@ pub(crate) fn reference(s: &str) -> Result<Reference, ApiError> {
         berth_oci::reference::ReferenceError::Digest(d) => {
             ApiError::oci(ErrorCode::DigestInvalid, d.to_string())
         }
-        berth_oci::reference::ReferenceError::Tag(t) => {
-            ApiError::oci(ErrorCode::ManifestInvalid, t.to_string())
-        }
+        berth_oci::reference::ReferenceError::Tag(t) => bad_tag(t.to_string()),
     })
+}
+
+fn bad_tag(why: String) -> ApiError {
+    ApiError::oci(ErrorCode::ManifestInvalid, why)
 }
 
 impl OciPath {
@@ -125,10 +135,17 @@ impl OciPath {
         }
         let (n, kind) = head.rsplit_once('/').ok_or_else(not_found)?;
         Ok(match (kind, last) {
-            ("manifests", r) => Self::Manifest {
-                name: name(n)?,
-                reference: reference(r)?,
-            },
+            ("manifests", r) => {
+                let name = name(n)?;
+                match r.parse() {
+                    Ok(reference) => Self::Manifest { name, reference },
+                    Err(berth_oci::reference::ReferenceError::Tag(t)) => Self::ManifestBadTag {
+                        name,
+                        why: t.to_string(),
+                    },
+                    Err(e) => return Err(ApiError::oci(ErrorCode::DigestInvalid, e.to_string())),
+                }
+            }
             ("blobs", d) => Self::Blob {
                 name: name(n)?,
                 digest: digest(d)?,
@@ -165,7 +182,9 @@ pub async fn base(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
 /// What a request on `path` with `method` needs.
 fn need(method: &Method, path: &OciPath) -> Need {
     let (repo, action) = match path {
-        OciPath::Manifest { name, .. } | OciPath::Blob { name, .. } => (
+        OciPath::Manifest { name, .. }
+        | OciPath::ManifestBadTag { name, .. }
+        | OciPath::Blob { name, .. } => (
             name,
             match *method {
                 Method::PUT | Method::POST | Method::PATCH => Action::Push,
@@ -179,13 +198,24 @@ fn need(method: &Method, path: &OciPath) -> Need {
     Need::Repo(repo.as_str().to_owned(), action)
 }
 
+/// The text after `/v2/`, percent-decoded. Bytes that are not UTF-8 become U+FFFD, which no
+/// name, tag, digest or upload id may contain, so such a path is refused by the rule of the part
+/// it is in (NAME_INVALID, MANIFEST_UNKNOWN, ...) with the spec's JSON body, where axum's own
+/// `Path` extractor would answer plain text.
+fn v2_rest(req: &Request<Body>) -> String {
+    let raw = req.uri().path();
+    let raw = raw.strip_prefix("/v2/").unwrap_or(raw);
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// Every `/v2/<name>/...` request.
 pub async fn dispatch(
     State(st): State<AppState>,
-    Path(rest): Path<String>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let path = OciPath::parse(&rest)?;
+    let path = OciPath::parse(&v2_rest(&req))?;
     let method = req.method().clone();
     let caller = match &st.auth {
         Some(a) => a.check(req.headers(), &need(&method, &path))?,
@@ -204,6 +234,14 @@ pub async fn dispatch(
         (Method::DELETE, OciPath::Manifest { name, reference }) => {
             manifests::delete(&st, name, reference).await
         }
+        (Method::GET | Method::HEAD | Method::DELETE, OciPath::ManifestBadTag { why, .. }) => {
+            Err(ApiError::oci(
+                ErrorCode::ManifestUnknown,
+                format!("manifest unknown: {why}"),
+            )
+            .status(StatusCode::NOT_FOUND))
+        }
+        (Method::PUT, OciPath::ManifestBadTag { why, .. }) => Err(bad_tag(why)),
         (ref m @ (Method::GET | Method::HEAD), OciPath::Blob { name, digest }) => {
             let whole_get = *m == Method::GET && !req.headers().contains_key("range");
             if let Some(resp) = st
@@ -338,10 +376,14 @@ mod tests {
             code(OciPath::parse("a/manifests/sha256:zz")),
             Some(ErrorCode::DigestInvalid)
         );
-        assert_eq!(
-            code(OciPath::parse("a/manifests/-bad")),
-            Some(ErrorCode::ManifestInvalid)
-        );
+        assert!(matches!(
+            OciPath::parse("a/manifests/-bad"),
+            Ok(OciPath::ManifestBadTag { .. })
+        ));
+        assert!(matches!(
+            OciPath::parse("a/manifests/.INVALID_MANIFEST_NAME"),
+            Ok(OciPath::ManifestBadTag { .. })
+        ));
         assert_eq!(
             code(OciPath::parse("a/whatever/x")),
             Some(ErrorCode::NameUnknown)

@@ -3,7 +3,7 @@
 use super::{body_stream, content_length, digest, header_str, query_get, query_pairs, upload_id};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::registry::{upload_range, ChunkRange, UploadStatus};
+use crate::registry::{upload_range, Chunk, ChunkRange, UploadStatus};
 use crate::AppState;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -137,6 +137,21 @@ fn chunk_range(h: &str) -> Result<ChunkRange, ApiError> {
     })
 }
 
+/// The request's body with its `Content-Range` and `Content-Length`.
+fn chunk(req: Request<Body>) -> Result<Chunk, ApiError> {
+    let range = match req.headers().get("content-range") {
+        None => None,
+        Some(v) => Some(chunk_range(v.to_str().map_err(|_| {
+            ApiError::oci(ErrorCode::BlobUploadInvalid, "Content-Range is not ASCII")
+        })?)?),
+    };
+    Ok(Chunk {
+        range,
+        content_length: content_length(req.headers()),
+        body: body_stream(req),
+    })
+}
+
 /// PATCH: append a chunk.
 pub async fn patch(
     st: &AppState,
@@ -145,16 +160,9 @@ pub async fn patch(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let id = upload_id(id)?;
-    let range = match req.headers().get("content-range") {
-        None => None,
-        Some(v) => Some(chunk_range(v.to_str().map_err(|_| {
-            ApiError::oci(ErrorCode::BlobUploadInvalid, "Content-Range is not ASCII")
-        })?)?),
-    };
-    let len = content_length(req.headers());
     let s = st
         .registry
-        .patch_upload(name.as_str(), id, range, len, body_stream(req))
+        .patch_upload(name.as_str(), id, chunk(req)?)
         .await?;
     Ok(accepted(&name, s))
 }
@@ -186,9 +194,9 @@ pub async fn put(
         || header_str(req.headers(), "transfer-encoding").is_some(),
         |n| n > 0,
     );
-    let body = has_body.then(|| body_stream(req));
+    let last = if has_body { Some(chunk(req)?) } else { None };
     st.registry
-        .finish_upload(name.as_str(), id, &d, body)
+        .finish_upload(name.as_str(), id, &d, last)
         .await?;
     Ok(created(&name, &d))
 }

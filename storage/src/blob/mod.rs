@@ -89,6 +89,11 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<u64>;
     /// Re-reads an upload's bytes (to rebuild a hash state lost with a restart).
     async fn read_upload(&self, id: Uuid) -> Result<BlobBody>;
+    /// Whether [`BlobStore::read_upload`] works. A store that cannot read an unfinished upload
+    /// back (S3) has every upload hashed by sha256 and sha512 as it arrives instead.
+    fn rereads_uploads(&self) -> bool {
+        true
+    }
     /// Makes the upload durable and readable as blob `digest` (verified by the caller).
     /// Returns the location to record when the bytes stay somewhere of their own (`None`:
     /// at the digest's place). If the blob already exists there, the upload is dropped.

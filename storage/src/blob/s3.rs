@@ -422,6 +422,10 @@ impl BlobStore for S3Store {
         Err(Error::NotFound)
     }
 
+    fn rereads_uploads(&self) -> bool {
+        false
+    }
+
     async fn commit(&self, id: Uuid, digest: &Digest) -> Result<Option<String>> {
         let session = self.session(id).ok_or(Error::NotFound)?;
         let mut u = session.lock().await;
