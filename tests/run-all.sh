@@ -48,6 +48,11 @@ step "unit and integration tests (cargo)"
 cargo test --release --workspace 2>&1 | tee /tmp/berth-cargo-test.log
 grep -q '^test result: ok' /tmp/berth-cargo-test.log
 
+step "fuzz targets, 20 s each from the checked-in seed corpus (fuzz/run.sh; bench/fuzz.sh for long runs)"
+# fmt and clippy for the fuzz crate, which is outside the workspace.
+(cd fuzz && cargo fmt -- --check && cargo clippy --release -- -D warnings)
+bash fuzz/run.sh --seconds "${FUZZ_SECONDS:-20}"
+
 step "end-to-end tests on the filesystem backend (real binary, docker, skopeo, oras-py)"
 export BERTH_BIN="$REPO/target/release/berth"
 # shellcheck disable=SC2086

@@ -158,8 +158,11 @@ impl Manifest {
         if matches!(header, Some(mt::DOCKER_SCHEMA1 | mt::DOCKER_SCHEMA1_SIGNED)) {
             return Err(ManifestError::Schema1);
         }
-        let raw: Raw =
+        // The whole document must be JSON, also the fields berth does not read: serde skips
+        // unknown fields without checking their UTF-8 or escapes, so parse to a value first.
+        let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let raw = Raw::deserialize(&value).map_err(|e| ManifestError::Json(e.to_string()))?;
         if raw.fs_layers.is_some() {
             return Err(ManifestError::Schema1);
         }
@@ -341,6 +344,30 @@ mod tests {
             assert!(
                 Manifest::parse(body.as_bytes(), *ct).is_err(),
                 "{body} accepted"
+            );
+        }
+    }
+
+    /// Found by the `manifest` fuzz target: bytes in fields berth does not read were never
+    /// checked, so a manifest that is not JSON (invalid UTF-8, a lone surrogate escape) was
+    /// stored and served as JSON.
+    #[test]
+    fn rejects_invalid_json_in_fields_it_does_not_read() {
+        let good = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","x":"ok","manifests":[]}}"#,
+            mt::OCI_INDEX
+        );
+        assert!(Manifest::parse(good.as_bytes(), None).is_ok());
+        let mut not_utf8 = good.clone().into_bytes();
+        let at = good.find("ok").unwrap();
+        not_utf8[at] = 0xff;
+        let surrogate = good.replace("\"ok\"", "\"\\ud800\"");
+        let unknown_key = good.replace("\"x\"", "\"\\udfff\"");
+        for body in [not_utf8, surrogate.into_bytes(), unknown_key.into_bytes()] {
+            assert!(
+                matches!(Manifest::parse(&body, None), Err(ManifestError::Json(_))),
+                "{} accepted",
+                String::from_utf8_lossy(&body)
             );
         }
     }

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The long fuzz run: every target for N hours (default 1), one after the other, with execs,
+# execs/s and coverage per target at the end. `bench/fuzz.sh --hours 2 [targets...]`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+HOURS=1
+if [ "${1:-}" = "--hours" ]; then HOURS="$2"; shift 2; fi
+exec fuzz/run.sh --seconds "$(awk -v h="$HOURS" 'BEGIN { printf "%d", h * 3600 }')" "$@"
