@@ -104,26 +104,31 @@ impl Authorizer {
     }
 
     /// Checks a username and password (or `robot$name` and secret). `None` when they are
-    /// wrong, the account is unknown or the robot expired. argon2 runs on a blocking thread.
+    /// wrong, the account is unknown or the robot expired. argon2 runs on a blocking thread,
+    /// and every failing name costs one argon2 verification: unknown users, unknown and
+    /// expired robots spend the same time as a wrong password, so names cannot be probed by
+    /// timing.
     pub async fn authenticate(
         &self,
         username: &str,
         secret: &str,
     ) -> berth_storage::Result<Option<Principal>> {
         if let Some(robot) = username.strip_prefix(ROBOT_PREFIX) {
-            let Some(r) = self.meta.robot(robot).await? else {
+            let live = self
+                .meta
+                .robot(robot)
+                .await?
+                .filter(|r| r.expires_at.is_none_or(|e| e > berth_storage::now_secs()));
+            let Some(r) = live else {
+                let _ = verify_blocking(secret.to_owned(), dummy_hash()).await;
                 return Ok(None);
             };
-            if r.expires_at.is_some_and(|e| e <= berth_storage::now_secs()) {
-                return Ok(None);
-            }
             let ok = verify_blocking(secret.to_owned(), r.secret_hash).await;
             return Ok(ok.then(|| Principal::Robot {
                 name: robot.to_owned(),
             }));
         }
         let Some(u) = self.meta.user(username).await? else {
-            // Spend the same time as a real check so names cannot be probed by timing.
             let _ = verify_blocking(secret.to_owned(), dummy_hash()).await;
             return Ok(None);
         };
@@ -173,6 +178,11 @@ impl Authorizer {
         })
     }
 
+    /// Computes the dummy hash unknown names are checked against (call once at start).
+    pub async fn warm_up() {
+        let _ = tokio::task::spawn_blocking(dummy_hash).await;
+    }
+
     /// Whether anonymous callers may pull `repo` (no token needed).
     pub fn public(&self, repo: &str) -> bool {
         self.anonymous_pull.iter().any(|p| p.matches(repo))
@@ -212,6 +222,14 @@ impl Authorizer {
                     .filter(|a| a.as_str() == "*")
                     .cloned()
                     .collect(),
+                // The admin API (`/berth/v1/` users, robots, rules) with a Bearer token: only
+                // for admins, and only when the token asked for it.
+                "registry" if s.name == "admin" && rules.is_admin() => s
+                    .actions
+                    .iter()
+                    .filter(|a| a.as_str() == "*")
+                    .cloned()
+                    .collect(),
                 _ => vec![],
             };
             if granted.is_empty() {
@@ -240,6 +258,7 @@ impl Authorizer {
 }
 
 /// A real argon2 hash of a throwaway password, made once, to spend time on unknown users.
+/// [`Authorizer::warm_up`] makes it at start so the first failed login is not slower.
 fn dummy_hash() -> String {
     static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     H.get_or_init(|| password::hash("berth-dummy-password").unwrap_or_default())

@@ -215,14 +215,16 @@ impl KeySet {
     }
 
     /// Verifies a token for `service`: signature by a trusted key, algorithm, issuer,
-    /// audience, expiry and not-before. `refresh` says which kind is expected.
+    /// audience, expiry and not-before. `refresh` says which kind is expected. Refresh tokens
+    /// are berth's own only: a trusted external issuer's token is never one, whatever its
+    /// claims say (it would otherwise be exchanged for a berth token of any subject).
     pub fn verify(&self, token: &str, service: &str, refresh: bool) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let mut candidates: Vec<(&DecodingKey, Algorithm, &str)> = Vec::new();
         if header.kid.as_deref() == Some(self.kid.as_str()) {
             candidates.push((&self.own, Algorithm::ES256, &self.issuer));
         }
-        for t in &self.trusted {
+        for t in self.trusted.iter().filter(|_| !refresh) {
             if t.kid.is_none() || t.kid == header.kid {
                 candidates.push((&t.key, t.alg, &t.issuer));
             }
@@ -323,5 +325,44 @@ mod tests {
         );
         assert!(ks.verify(&none, "berth", false).is_err());
         assert!(ks.verify("garbage", "berth", false).is_err());
+    }
+
+    #[test]
+    fn refresh_tokens_are_never_external() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ks = KeySet::load_or_create(&dir.path().join("k.pem"), "berth").unwrap();
+        let corp = KeySet::load_or_create(&dir.path().join("corp.pem"), "corp").unwrap();
+        ks.trust_jwks("corp", &corp.jwks().to_string()).unwrap();
+        // A trusted issuer's access token is accepted...
+        let (tok, _) = corp.issue("ext-user", "berth", vec![], 300, false).unwrap();
+        assert_eq!(ks.verify(&tok, "berth", false).unwrap().sub, "ext-user");
+        // ...but its refresh:true token, even for sub admin, is no refresh token here.
+        let (tok, _) = corp.issue("admin", "berth", vec![], 300, true).unwrap();
+        assert!(ks.verify(&tok, "berth", true).is_err());
+        // Nor does it pass as an access token.
+        assert!(ks.verify(&tok, "berth", false).is_err());
+        // berth's own refresh token still is one.
+        let (tok, _) = ks.issue("admin", "berth", vec![], 300, true).unwrap();
+        assert_eq!(ks.verify(&tok, "berth", true).unwrap().sub, "admin");
+        // Trusted by PEM too (an issuer whose keys carry no kid).
+        let mut ks2 = KeySet::load_or_create(&dir.path().join("k2.pem"), "berth").unwrap();
+        let corp_pem = {
+            let x = B64.decode(corp.jwk["x"].as_str().unwrap()).unwrap();
+            let y = B64.decode(corp.jwk["y"].as_str().unwrap()).unwrap();
+            // SubjectPublicKeyInfo for a P-256 point: fixed prefix + 04 || x || y.
+            let mut der = hex::decode(
+                "3059301306072a8648ce3d020106082a8648ce3d030107034200",
+            )
+            .unwrap();
+            der.push(4);
+            der.extend(x);
+            der.extend(y);
+            pem_encode("PUBLIC KEY", &der)
+        };
+        ks2.trust_pem("corp", &corp_pem).unwrap();
+        let (tok, _) = corp.issue("admin", "berth", vec![], 300, true).unwrap();
+        assert!(ks2.verify(&tok, "berth", true).is_err());
+        let (tok, _) = corp.issue("ext", "berth", vec![], 300, false).unwrap();
+        assert!(ks2.verify(&tok, "berth", false).is_ok(), "the PEM key is trusted");
     }
 }

@@ -4,16 +4,19 @@
 
 use crate::config::AuthConfig;
 use crate::error::ApiError;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use base64::Engine;
 use berth_auth::scope::covers;
 use berth_auth::{Action, Authorizer, Claims, KeySet, Principal};
 use berth_oci::{ErrorCode, RepoPattern};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use berth_storage::meta::Meta;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// What a request needs.
 #[derive(Debug, Clone)]
@@ -37,6 +40,11 @@ pub enum Caller {
     Token(Box<Claims>),
 }
 
+/// The local address a connection came in on (a request extension set per connection):
+/// the default realm's host when berth listens on an unspecified address.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub SocketAddr);
+
 /// Auth state of a registry running in `token` mode.
 pub struct AuthState {
     /// Signing and trusted keys.
@@ -47,18 +55,108 @@ pub struct AuthState {
     pub cfg: AuthConfig,
     /// Whether berth serves TLS itself (for the default realm's scheme).
     pub tls: bool,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// The metadata store (refresh tokens).
+    pub meta: Meta,
+    /// The realm when none is configured and the listen address is specific.
+    listen_realm: Option<String>,
+    limiter: Limiter,
+    logins: Semaphore,
+    max_logins: usize,
+    login_queue: AtomicUsize,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
+/// How long a login waits for a free password-verification slot before 429.
+const LOGIN_WAIT: Duration = Duration::from_secs(5);
+/// Logins that may wait for a slot, per slot.
+const QUEUE_PER_SLOT: usize = 4;
+
+/// Failed-login counting. An attempt is reserved (counted as failed) before the password is
+/// verified and given back when it succeeds, so parallel guesses cannot all pass the check
+/// before any of them is counted.
+struct Limiter {
+    per_account: u32,
+    per_ip: u32,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Default)]
+struct LimiterState {
+    accounts: HashMap<(String, IpAddr), (u32, Instant)>,
+    ips: HashMap<IpAddr, (u32, Instant)>,
+}
+
+fn live(e: &mut (u32, Instant)) -> &mut (u32, Instant) {
+    if e.1.elapsed() >= WINDOW {
+        *e = (0, Instant::now());
+    }
+    e
+}
+
+fn wait_of(e: &(u32, Instant)) -> u64 {
+    WINDOW.saturating_sub(e.1.elapsed()).as_secs().max(1)
+}
+
+impl Limiter {
+    fn reserve(&self, account: &str, ip: IpAddr) -> Result<(), u64> {
+        let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if m.accounts.len() > 100_000 {
+            m.accounts.retain(|_, (_, t)| t.elapsed() < WINDOW);
+        }
+        if m.ips.len() > 100_000 {
+            m.ips.retain(|_, (_, t)| t.elapsed() < WINDOW);
+        }
+        let ip_e = *live(m.ips.entry(ip).or_insert((0, Instant::now())));
+        if ip_e.0 >= self.per_ip {
+            return Err(wait_of(&ip_e));
+        }
+        let acc = live(
+            m.accounts
+                .entry((account.to_owned(), ip))
+                .or_insert((0, Instant::now())),
+        );
+        if acc.0 >= self.per_account {
+            return Err(wait_of(acc));
+        }
+        acc.0 += 1;
+        if let Some(e) = m.ips.get_mut(&ip) {
+            e.0 += 1;
+        }
+        Ok(())
+    }
+
+    fn refund(&self, account: &str, ip: IpAddr) {
+        let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = m.accounts.get_mut(&(account.to_owned(), ip)) {
+            e.0 = e.0.saturating_sub(1);
+        }
+        if let Some(e) = m.ips.get_mut(&ip) {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
+}
+
+/// Gives a login's queue place back.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The pseudo-account failed refresh grants and malformed credentials count against.
+pub const NO_ACCOUNT: &str = "\0no-account";
 
 impl AuthState {
     /// Loads (or creates) the signing key under `data_dir/auth` and the trusted issuers.
+    /// `listen` is the bound address, for the default realm.
     pub fn new(
         cfg: AuthConfig,
         data_dir: &Path,
-        meta: berth_storage::meta::Meta,
+        meta: Meta,
         tls: bool,
+        listen: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
         let mut keys =
             KeySet::load_or_create(&data_dir.join("auth").join("signing-key.pem"), &cfg.issuer)?;
@@ -75,32 +173,54 @@ impl AuthState {
             .iter()
             .map(|p| RepoPattern::new(p.clone()))
             .collect();
+        let scheme = if tls { "https" } else { "http" };
+        let listen_realm = listen
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| format!("{scheme}://{a}/auth/token"));
+        let max_logins = match cfg.max_concurrent_logins {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let limit = cfg.failed_login_limit.max(1);
         Ok(Self {
             keys,
-            authorizer: Authorizer::new(meta, public),
+            authorizer: Authorizer::new(meta.clone(), public),
+            limiter: Limiter {
+                per_account: limit,
+                per_ip: limit.saturating_mul(10),
+                state: Mutex::new(LimiterState::default()),
+            },
+            logins: Semaphore::new(max_logins),
+            max_logins,
+            login_queue: AtomicUsize::new(0),
+            listen_realm,
+            meta,
             cfg,
             tls,
-            failures: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The token endpoint URL for challenges.
-    pub fn realm(&self, headers: &HeaderMap) -> String {
+    /// The token endpoint URL for challenges: configured, else from the listen address (or,
+    /// listening on an unspecified address, the connection's local address). The request's
+    /// Host header is never used: it is the client's to choose.
+    pub fn realm(&self, ext: &Extensions) -> String {
         if !self.cfg.realm.is_empty() {
             return self.cfg.realm.clone();
         }
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost");
+        if let Some(r) = &self.listen_realm {
+            return r.clone();
+        }
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{host}/auth/token")
+        match ext.get::<LocalAddr>() {
+            Some(LocalAddr(a)) => format!("{scheme}://{a}/auth/token"),
+            None => format!("{scheme}://localhost/auth/token"),
+        }
     }
 
-    fn challenge(&self, headers: &HeaderMap, need: &Need, error: Option<&str>) -> ApiError {
+    fn challenge(&self, ext: &Extensions, need: &Need, error: Option<&str>) -> ApiError {
         let mut c = format!(
             "Bearer realm=\"{}\",service=\"{}\"",
-            self.realm(headers),
+            self.realm(ext),
             self.cfg.service
         );
         match need {
@@ -121,8 +241,66 @@ impl AuthState {
             .header("www-authenticate", c)
     }
 
+    /// Counts an attempt that needs no password check (malformed credentials, a refresh
+    /// grant) against `account` from `ip` before it is checked; 429 when the client is
+    /// throttled. [`AuthState::refund`] gives it back on success.
+    pub fn reserve(&self, account: &str, ip: IpAddr) -> Result<(), ApiError> {
+        self.limiter.reserve(account, ip).map_err(too_many)
+    }
+
+    /// Gives back an attempt counted by [`AuthState::reserve`] that succeeded.
+    pub fn refund(&self, account: &str, ip: IpAddr) {
+        self.limiter.refund(account, ip);
+    }
+
+    /// Checks a username and password, rate limited and bounded: the attempt is counted
+    /// before argon2 runs (and given back when it succeeds), at most `max_concurrent_logins`
+    /// verifications run at once with a short queue, and anything beyond gets 429.
+    /// `Ok(None)`: wrong credentials.
+    pub async fn login(
+        &self,
+        ip: IpAddr,
+        user: &str,
+        pass: &str,
+    ) -> Result<Option<Principal>, ApiError> {
+        self.limiter.reserve(user, ip).map_err(too_many)?;
+        let queued = Queued(&self.login_queue);
+        if self.login_queue.fetch_add(1, Ordering::SeqCst) >= self.max_logins * (1 + QUEUE_PER_SLOT)
+        {
+            drop(queued);
+            self.limiter.refund(user, ip);
+            return Err(busy());
+        }
+        let permit = match tokio::time::timeout(LOGIN_WAIT, self.logins.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                drop(queued);
+                self.limiter.refund(user, ip);
+                return Err(busy());
+            }
+        };
+        let r = self.authorizer.authenticate(user, pass).await;
+        drop(permit);
+        drop(queued);
+        match r? {
+            Some(p) => {
+                self.limiter.refund(user, ip);
+                Ok(Some(p))
+            }
+            None => {
+                tracing::info!(user = user, client.ip = %ip, "failed login");
+                Ok(None)
+            }
+        }
+    }
+
     /// Checks a request against what it needs.
-    pub fn check(&self, headers: &HeaderMap, need: &Need) -> Result<Caller, ApiError> {
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        ext: &Extensions,
+        need: &Need,
+    ) -> Result<Caller, ApiError> {
         let authz = headers
             .get(header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or(""));
@@ -133,7 +311,7 @@ impl AuthState {
                         return Ok(Caller::Anonymous);
                     }
                 }
-                return Err(self.challenge(headers, need, None));
+                return Err(self.challenge(ext, need, None));
             }
             Some(v) => match v.split_once(' ') {
                 Some((scheme, t))
@@ -141,14 +319,14 @@ impl AuthState {
                 {
                     t.trim()
                 }
-                _ => return Err(self.challenge(headers, need, Some("invalid_request"))),
+                _ => return Err(self.challenge(ext, need, Some("invalid_request"))),
             },
         };
         let claims = match self.keys.verify(token, &self.cfg.service, false) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(reason = %e, "token refused");
-                return Err(self.challenge(headers, need, Some("invalid_token")));
+                return Err(self.challenge(ext, need, Some("invalid_token")));
             }
         };
         if let Need::Repo(repo, action) = need {
@@ -194,31 +372,6 @@ impl AuthState {
             Caller::Token(_) => Ok(Some(Principal::Anonymous)),
         }
     }
-
-    /// Refuses a client that failed too often; returns the seconds to wait.
-    pub fn throttled(&self, ip: IpAddr) -> Option<u64> {
-        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let (n, since) = m.get(&ip).copied()?;
-        let elapsed = since.elapsed();
-        if elapsed >= WINDOW {
-            m.remove(&ip);
-            return None;
-        }
-        (n >= self.cfg.failed_login_limit).then(|| (WINDOW - elapsed).as_secs().max(1))
-    }
-
-    /// Counts a failed login.
-    pub fn failed(&self, ip: IpAddr) {
-        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() > 100_000 {
-            m.retain(|_, (_, t)| t.elapsed() < WINDOW);
-        }
-        let e = m.entry(ip).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= WINDOW {
-            *e = (0, Instant::now());
-        }
-        e.0 += 1;
-    }
 }
 
 /// Decodes `Authorization: Basic`. `None` when absent; `Some(Err)` when malformed.
@@ -248,6 +401,15 @@ pub fn too_many(retry_after: u64) -> ApiError {
         "too many failed logins; try again later",
     )
     .header("retry-after", retry_after.to_string())
+}
+
+/// A 429 when every password-verification slot is taken and the queue is full.
+pub fn busy() -> ApiError {
+    ApiError::oci(
+        ErrorCode::TooManyRequests,
+        "too many logins in progress; try again shortly",
+    )
+    .header("retry-after", "1")
 }
 
 /// A 401 for bad credentials at the token endpoint.

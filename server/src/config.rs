@@ -47,7 +47,9 @@ pub struct AuthConfig {
     pub service: String,
     /// `iss` of the tokens berth signs.
     pub issuer: String,
-    /// Token endpoint for challenges; empty: derived from the request's Host.
+    /// Token endpoint for challenges (e.g. `https://registry.example.com/auth/token`); empty:
+    /// `<scheme>://<listen address>/auth/token`, where an unspecified listen IP (`0.0.0.0`,
+    /// `::`) is replaced by the local address the client connected to. Never the Host header.
     pub realm: String,
     /// Access token lifetime (at least 60).
     pub token_ttl_secs: u64,
@@ -55,8 +57,12 @@ pub struct AuthConfig {
     pub refresh_ttl_secs: u64,
     /// Repository patterns anyone may pull.
     pub anonymous_pull: Vec<String>,
-    /// Failed logins per client IP per minute before 429.
+    /// Failed logins per (account, client IP) per minute before 429; each client IP may fail
+    /// ten times as often over all accounts.
     pub failed_login_limit: u32,
+    /// Password verifications (argon2, ~19 MiB each) running at once; 0: the number of CPUs.
+    /// Logins beyond these and a short queue get 429.
+    pub max_concurrent_logins: usize,
     /// External issuers whose tokens are accepted.
     pub trust: Vec<TrustConfig>,
 }
@@ -72,6 +78,7 @@ impl Default for AuthConfig {
             refresh_ttl_secs: 30 * 24 * 3600,
             anonymous_pull: vec![],
             failed_login_limit: 10,
+            max_concurrent_logins: 0,
             trust: vec![],
         }
     }
@@ -102,13 +109,26 @@ pub struct TrustConfig {
 }
 
 /// HTTPS settings: both files set means berth serves TLS.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// A client that has not completed the TLS handshake this long after connecting is
+    /// disconnected.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            handshake_timeout_secs: 10,
+        }
+    }
 }
 
 impl Default for Config {
@@ -303,6 +323,9 @@ impl Config {
         })?;
         if self.auth.token_ttl_secs < 60 {
             anyhow::bail!("invalid value for key \"auth.token_ttl_secs\": must be at least 60");
+        }
+        if self.tls.handshake_timeout_secs == 0 {
+            anyhow::bail!("invalid value for key \"tls.handshake_timeout_secs\": must be > 0");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             anyhow::bail!("invalid value for key \"tls\": set both cert and key, or neither");

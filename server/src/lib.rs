@@ -83,6 +83,14 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(routes::admin::delete_robot),
         )
         .route(
+            "/berth/v1/users/{name}/revoke-tokens",
+            post(routes::admin::revoke_user_tokens),
+        )
+        .route(
+            "/berth/v1/robots/{name}/revoke-tokens",
+            post(routes::admin::revoke_robot_tokens),
+        )
+        .route(
             "/berth/v1/permissions",
             get(routes::admin::list_permissions).post(routes::admin::create_permission),
         )
@@ -214,10 +222,25 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let auth = match cfg.auth.mode {
         config::AuthMode::None => None,
         config::AuthMode::Token => Some(Arc::new(
-            auth::AuthState::new(cfg.auth.clone(), &cfg.data_dir, registry.meta.clone(), tls)
-                .context("setting up token authentication")?,
+            auth::AuthState::new(
+                cfg.auth.clone(),
+                &cfg.data_dir,
+                registry.meta.clone(),
+                tls,
+                Some(addr),
+            )
+            .context("setting up token authentication")?,
         )),
     };
+    if auth.is_some() {
+        berth_auth::Authorizer::warm_up().await;
+        if cfg.auth.realm.is_empty() && addr.ip().is_unspecified() {
+            tracing::info!(
+                "auth.realm is not set: challenges name the local address each client connected to; \
+                 set auth.realm to the URL clients reach berth's /auth/token at"
+            );
+        }
+    }
     let purger = {
         let r = registry.clone();
         let every = Duration::from_secs(cfg.uploads.purge_interval_secs);
@@ -248,7 +271,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let certs = tls::Reloading::start(cert.clone(), key.clone())
             .context("loading the TLS certificate")?;
         println!("listening on {addr}");
-        tls::serve(listener, app, certs, shutdown_signal()).await?;
+        let handshake = Duration::from_secs(cfg.tls.handshake_timeout_secs);
+        tls::serve(listener, app, certs, handshake, shutdown_signal()).await?;
     } else {
         println!("listening on {addr}");
         use axum::serve::ListenerExt;
@@ -258,10 +282,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         // Graceful shutdown waits for requests in flight, but not for ever: a client
         // streaming a large upload must not keep the process alive past the deadline.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
+        let server = axum::serve(listener, PerConnection(app))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             let _ = stop_tx.send(());
@@ -282,6 +303,45 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     registry.meta.close().await;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+/// Makes the service of one plain-HTTP connection: the app with the peer's address
+/// (`ConnectInfo`) and the local address it connected to ([`auth::LocalAddr`]).
+#[derive(Clone)]
+struct PerConnection(Router);
+
+type ConnService = axum::middleware::AddExtension<
+    axum::middleware::AddExtension<Router, axum::extract::ConnectInfo<std::net::SocketAddr>>,
+    auth::LocalAddr,
+>;
+
+impl<'a, L> tower::Service<axum::serve::IncomingStream<'a, L>> for PerConnection
+where
+    L: axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr>,
+{
+    type Response = ConnService;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<ConnService, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, s: axum::serve::IncomingStream<'a, L>) -> Self::Future {
+        use tower::Layer;
+        let peer = *s.remote_addr();
+        // An accepted socket always has a local address; the fallback only keeps this total.
+        let local = auth::LocalAddr(
+            s.io()
+                .local_addr()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        );
+        let svc = axum::Extension(axum::extract::ConnectInfo(peer)).layer(self.0.clone());
+        std::future::ready(Ok(axum::Extension(local).layer(svc)))
+    }
 }
 
 /// How often the mirror scheduler looks for due runs.

@@ -173,6 +173,8 @@ enum UserOp {
     Del { name: String },
     /// List users.
     List,
+    /// Revoke every refresh token of a user (docker's stored login, offline tokens).
+    RevokeTokens { name: String },
 }
 
 #[derive(Subcommand)]
@@ -242,6 +244,8 @@ enum RobotOp {
     List,
     /// Delete a robot.
     Del { name: String },
+    /// Revoke every refresh token of a robot.
+    RevokeTokens { name: String },
 }
 
 fn read_password(pw: &PasswordArgs) -> anyhow::Result<String> {
@@ -292,6 +296,13 @@ async fn accounts_cmd(cmd: Command) -> anyhow::Result<bool> {
                     }
                     println!("user {name} deleted");
                 }
+                UserOp::RevokeTokens { name } => {
+                    if meta.user(&name).await?.is_none() {
+                        anyhow::bail!("no user {name:?}");
+                    }
+                    let n = meta.revoke_refresh_tokens(&format!("user:{name}")).await?;
+                    println!("{n} refresh token(s) of {name} revoked");
+                }
                 UserOp::List => {
                     for u in meta.users().await? {
                         let admin = if u.admin { " (admin)" } else { "" };
@@ -333,6 +344,14 @@ async fn accounts_cmd(cmd: Command) -> anyhow::Result<bool> {
                             None => println!("robot${}", r.name),
                         }
                     }
+                }
+                RobotOp::RevokeTokens { name } => {
+                    let n = name.strip_prefix("robot$").unwrap_or(&name);
+                    if meta.robot(n).await?.is_none() {
+                        anyhow::bail!("no robot {name:?}");
+                    }
+                    let count = meta.revoke_refresh_tokens(&format!("robot:{n}")).await?;
+                    println!("{count} refresh token(s) of robot${n} revoked");
                 }
                 RobotOp::Del { name } => {
                     let n = name.strip_prefix("robot$").unwrap_or(&name);

@@ -93,6 +93,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     certs: Arc<Reloading>,
+    handshake_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -114,12 +115,21 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let svc = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let local = tcp.local_addr().unwrap_or(peer);
+        let svc = app
+            .clone()
+            .layer(axum::Extension(ConnectInfo(peer)))
+            .layer(axum::Extension(crate::auth::LocalAddr(local)));
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            // A client that never finishes its handshake must not hold the task and socket.
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, client.ip = %peer.ip(), "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client.ip = %peer.ip(), "TLS handshake timed out");
                     return;
                 }
             };

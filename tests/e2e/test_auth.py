@@ -830,8 +830,8 @@ def test_admin_api_users(reg):
     # the new user logs in (and has no access yet)
     tok = ak.get_token(reg, [scope("team/api", "pull")], newname, newpw)
     assert ak.access_of(tok) == {}
-    # with a Bearer token the admin may use the API too
-    atok = ak.get_token(reg, [], "admin", reg.admin_pw)
+    # with a Bearer token granted registry:admin:* the admin may use the API too
+    atok = ak.get_token(reg, ["registry:admin:*"], "admin", reg.admin_pw)
     r = requests.get(api, headers=bearer(atok))
     assert r.status_code == 200 and newname in r.text, (r.status_code, r.text)
     # the admin grants it a rule through the API
@@ -1022,9 +1022,23 @@ def test_check_config_auth_keys(tmp_path):
     assert p.returncode == 1, (p.stdout, p.stderr)
 
 
-def test_realm_follows_host_header(reg):
-    r = client(reg).get("/v2/team/x/manifests/v1", headers={"Host": "registry.example.test:8443"})
-    assert_unauthorized(r, realm="http://registry.example.test:8443/auth/token", repo="team/x", action="pull")
+def test_realm_ignores_host_header(reg):
+    """Issue 12 #6: the realm is configuration or the listen address, never the client's Host header
+    (which would send docker's credentials wherever the header says)."""
+    for host in ("evil.example", "registry.example.test:8443"):
+        for path in ("/v2/", "/v2/team/x/manifests/v1", "/v2/_catalog"):
+            r = client(reg).get(path, headers={"Host": host})
+            chal = r.headers.get("WWW-Authenticate", "")
+            assert host.split(":")[0] not in chal, (path, chal)
+            assert_unauthorized(r, realm=f"http://{reg.addr}/auth/token")
+
+
+def test_realm_on_unspecified_listen_address_is_the_connections_local_address(berth_factory):
+    b = berth_factory(config=ak.auth_config(), name="anyaddr", listen="0.0.0.0:0")
+    port = b.addr.rsplit(":", 1)[1]
+    r = requests.get(f"http://127.0.0.1:{port}/v2/", headers={"Host": "evil.example"}, timeout=10)
+    assert_unauthorized(r, realm=f"http://127.0.0.1:{port}/auth/token")
+    assert "evil.example" not in r.headers["WWW-Authenticate"]
 
 
 def test_tls_certificate_reload(berth_factory, tmp_path):
@@ -1144,3 +1158,310 @@ def test_no_secret_in_log(berth_factory):
         assert e not in log, "a Basic credential appears in berth's log"
     assert "signing-key" not in log or "BEGIN" not in log
     assert "PRIVATE KEY" not in log
+
+
+# ---------------------------------------------------------------- issue 12: the auth holes
+
+def _refresh(b, tok, scopes=(), offline=False):
+    form = dict(grant_type="refresh_token", refresh_token=tok, service="berth", client_id="e2e",
+                scope=" ".join(scopes))
+    if offline:
+        form["access_type"] = "offline"
+    return ak.post_token(b, **form)
+
+
+def _offline_login(b, user, pw, scopes=()):
+    r = ak.post_token(b, grant_type="password", username=user, password=pw, service="berth",
+                      client_id="e2e", access_type="offline", scope=" ".join(scopes))
+    assert r.status_code == 200, r.text
+    tok = r.json().get("refresh_token")
+    assert tok, r.json()
+    return tok
+
+
+def test_refresh_grant_refuses_a_trusted_external_issuers_refresh_token(berth_factory, tmp_path):
+    """#1: a token of a trusted [[auth.trust]] issuer with refresh:true and sub:admin is no refresh
+    token here: it must not be exchanged for a berth admin token."""
+    corp_key = ak.new_ec_key_pem()
+    corp_jwk = jwt.algorithms.ECAlgorithm.to_jwk(
+        serialization.load_pem_private_key(corp_key, None).public_key(), as_dict=True)
+    corp_jwk.update(kid="corp-1", use="sig", alg="ES256")
+    (tmp_path / "corp-jwks.json").write_text(json.dumps({"keys": [corp_jwk]}))
+    rsa_key = _rsa_key_pem()
+    (tmp_path / "rsa.pem").write_bytes(_public_pem(rsa_key))
+    extra = (f'[[auth.trust]]\nissuer = "corp-token-server"\njwks = "{tmp_path / "corp-jwks.json"}"\n'
+             f'[[auth.trust]]\nissuer = "rsa-token-server"\npublic_key = "{tmp_path / "rsa.pem"}"\n')
+    b = berth_factory(config=ak.auth_config(extra=extra), name="trustrefresh")
+    ak.add_user(b, "admin", admin=True)
+    repo = "corp/app"
+    for iss, key, alg in (("corp-token-server", corp_key, "ES256"), ("rsa-token-server", rsa_key, "RS256")):
+        payload = ak.make_claims(sub="admin", iss=iss, exp=ak.now() + 3600)
+        payload["refresh"] = True
+        forged = jwt.encode(payload, key, algorithm=alg, headers={"kid": "corp-1"})
+        for offline in (False, True):
+            r = _refresh(b, forged, [scope(repo, "pull,push,delete"), "registry:admin:*"], offline=offline)
+            ak.assert_token_unauthorized(r)
+            assert "refresh_token" not in r.text
+    # berth's own refresh tokens keep working
+    pw = ak.add_user(b, "alice")
+    r = _refresh(b, _offline_login(b, "alice", pw))
+    assert r.status_code == 200 and ak.claims(r.json()["access_token"])["sub"] == "alice", r.text
+
+
+def test_refresh_token_revoked_by_password_change(reg):
+    """#2: a password change (CLI and API) ends the refresh tokens issued before it."""
+    repo = uniq("team")
+    name, pw = new_user(reg, [(repo, "pull")])
+    tok = _offline_login(reg, name, pw)
+    assert _refresh(reg, tok, [scope(repo, "pull")]).status_code == 200
+    ak.cli(reg, "user", "passwd", name, "--password", "new-" + pw)
+    ak.assert_token_unauthorized(_refresh(reg, tok, [scope(repo, "pull")]))
+    tok = _offline_login(reg, name, "new-" + pw)
+    r = requests.put(f"{reg.url}/berth/v1/users/{name}", json={"password": "newer-" + pw},
+                     auth=("admin", reg.admin_pw))
+    assert r.status_code == 204, r.text
+    ak.assert_token_unauthorized(_refresh(reg, tok, [scope(repo, "pull")]))
+
+
+def test_refresh_token_dies_with_the_user_and_is_not_inherited(reg):
+    """#2: deleting a user ends its refresh tokens; somebody re-created under the same name does not
+    get them back."""
+    repo = uniq("team")
+    name, pw = new_user(reg, [(repo, "pull")])
+    tok = _offline_login(reg, name, pw)
+    ak.cli(reg, "user", "del", name)
+    ak.assert_token_unauthorized(_refresh(reg, tok, [scope(repo, "pull")]))
+    ak.add_user(reg, name, password="another-" + pw)
+    ak.grant(reg, repo, "pull", user=name)
+    ak.assert_token_unauthorized(_refresh(reg, tok, [scope(repo, "pull")]))
+    # `user add` over an existing user replaces it: old refresh tokens end too
+    tok = _offline_login(reg, name, "another-" + pw)
+    ak.add_user(reg, name, password="third-" + pw)
+    ak.assert_token_unauthorized(_refresh(reg, tok, [scope(repo, "pull")]))
+
+
+def test_refresh_token_of_a_robot_dies_with_it(reg):
+    rname = "rb" + uuid.uuid4().hex[:8]
+    repo = uniq("team")
+    robot = ak.create_robot(reg, rname, [f"{repo}:pull"])
+    tok = _offline_login(reg, robot.username, robot.secret)
+    r = _refresh(reg, tok, [scope(repo, "pull")])
+    assert r.status_code == 200 and ak.access_of(r.json()["access_token"]) == {("repository", repo): {"pull"}}
+    ak.cli(reg, "robot", "del", rname)
+    ak.assert_token_unauthorized(_refresh(reg, tok, [scope(repo, "pull")]))
+    ak.create_robot(reg, rname, [f"{repo}:pull,push"])
+    ak.assert_token_unauthorized(_refresh(reg, tok, [scope(repo, "pull,push")]))
+
+
+def test_admin_revokes_refresh_tokens(reg):
+    """#2: an admin revokes a principal's refresh tokens: API and CLI, users and robots."""
+    name, pw = new_user(reg)
+    t1, t2 = _offline_login(reg, name, pw), _offline_login(reg, name, pw)
+    r = requests.post(f"{reg.url}/berth/v1/users/{name}/revoke-tokens", auth=("admin", reg.admin_pw))
+    assert r.status_code == 200 and r.json()["revoked"] == 2, r.text
+    for t in (t1, t2):
+        ak.assert_token_unauthorized(_refresh(reg, t))
+    # the user logs in again: a new refresh token works, and the CLI revokes it
+    t3 = _offline_login(reg, name, pw)
+    assert _refresh(reg, t3).status_code == 200
+    p = ak.cli(reg, "user", "revoke-tokens", name)
+    assert "1" in p.stdout, p.stdout
+    ak.assert_token_unauthorized(_refresh(reg, t3))
+    # robots too
+    rname = "rv" + uuid.uuid4().hex[:8]
+    robot = ak.create_robot(reg, rname, ["x/*:pull"])
+    rt = _offline_login(reg, robot.username, robot.secret)
+    r = requests.post(f"{reg.url}/berth/v1/robots/{robot.username}/revoke-tokens", auth=("admin", reg.admin_pw))
+    assert r.status_code == 200 and r.json()["revoked"] == 1, r.text
+    ak.assert_token_unauthorized(_refresh(reg, rt))
+    rt = _offline_login(reg, robot.username, robot.secret)
+    ak.cli(reg, "robot", "revoke-tokens", rname)
+    ak.assert_token_unauthorized(_refresh(reg, rt))
+    # not for non-admins, and unknown names are 404
+    assert_denied(requests.post(f"{reg.url}/berth/v1/users/admin/revoke-tokens", auth=(name, pw)))
+    r = requests.post(f"{reg.url}/berth/v1/users/nobody-{uuid.uuid4().hex[:6]}/revoke-tokens",
+                      auth=("admin", reg.admin_pw))
+    assert r.status_code == 404, r.text
+
+
+def test_refresh_token_rotates_when_a_new_one_is_asked_for(reg):
+    """#2: a refresh grant with access_type=offline returns a new refresh token and the old one stops
+    working; without it (docker's refresh grants) no new one is issued and the old one keeps working."""
+    name, pw = new_user(reg)
+    old = _offline_login(reg, name, pw)
+    for _ in range(2):
+        r = _refresh(reg, old)
+        assert r.status_code == 200 and "refresh_token" not in r.json(), r.text
+    r = _refresh(reg, old, offline=True)
+    assert r.status_code == 200, r.text
+    new = r.json().get("refresh_token")
+    assert new and new != old, r.json()
+    ak.assert_token_unauthorized(_refresh(reg, old))
+    ak.assert_token_unauthorized(_refresh(reg, old, offline=True))
+    assert _refresh(reg, new).status_code == 200
+    # GET /auth/token?offline_token=true refresh tokens are on record too
+    r = ak.get_token_response(reg, [], name, pw, extra={"offline_token": "true"})
+    assert r.status_code == 200 and r.json().get("refresh_token"), r.text
+    got = r.json()["refresh_token"]
+    assert _refresh(reg, got).status_code == 200
+    ak.cli(reg, "user", "revoke-tokens", name)
+    ak.assert_token_unauthorized(_refresh(reg, got))
+    ak.assert_token_unauthorized(_refresh(reg, new))
+
+
+def _vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _parallel_logins(b, users, password="wrong-password"):
+    import concurrent.futures
+
+    def one(u):
+        try:
+            return requests.get(ak.token_url(b), params={"service": "berth"}, auth=(u, password),
+                                timeout=120).status_code
+        except requests.RequestException as e:
+            return repr(e)
+
+    with concurrent.futures.ThreadPoolExecutor(len(users)) as ex:
+        return list(ex.map(one, users))
+
+
+RSS_BOUND_MIB = 256
+
+
+def test_parallel_wrong_logins_for_one_account_are_bounded(berth_factory):
+    """#3: 150 parallel wrong passwords for one account on the default configuration: the attempts are
+    counted before argon2 runs, so only failed_login_limit of them cost a verification; the rest are 429
+    and the server's peak RSS stays small."""
+    b = berth_factory(config=ak.auth_config(), name="loginflood")
+    pw = ak.add_user(b, "victim")
+    before = _vm_hwm_kib(b.proc.pid)
+    codes = _parallel_logins(b, ["victim"] * 150)
+    after = _vm_hwm_kib(b.proc.pid)
+    print(f"\nVmHWM one account: {before // 1024} MiB -> {after // 1024} MiB; "
+          f"401: {codes.count(401)}, 429: {codes.count(429)}")
+    assert set(codes) <= {401, 429}, codes
+    assert codes.count(401) <= 10, codes
+    assert codes.count(429) >= 140, codes
+    assert after < RSS_BOUND_MIB * 1024, f"peak RSS {after // 1024} MiB after 150 parallel logins"
+    # the account is throttled for this client, the server keeps serving
+    assert_error(ak.get_token_response(b, [], "victim", pw), 429, "TOOMANYREQUESTS")
+    assert ak.get_token_response(b, ["repository:x/y:pull"]).status_code == 200
+
+
+def test_parallel_wrong_logins_for_many_names_are_bounded(berth_factory):
+    """#3: 150 parallel wrong logins with 150 different names and no practical failed-login limit: the
+    concurrent argon2 verifications are bounded (auth.max_concurrent_logins, default the CPUs), the ones
+    beyond the slots and a short queue get 429, and the peak RSS stays small."""
+    b = berth_factory(config=ak.auth_config(failed_login_limit=100000), name="loginflood2")
+    known = [f"user{i}" for i in range(5)]
+    for u in known:
+        ak.add_user(b, u)
+    names = known * 10 + [f"nobody{i}" for i in range(50)] + [f"robot$ghost{i}" for i in range(50)]
+    before = _vm_hwm_kib(b.proc.pid)
+    codes = _parallel_logins(b, names)
+    after = _vm_hwm_kib(b.proc.pid)
+    print(f"\nVmHWM many names: {before // 1024} MiB -> {after // 1024} MiB; "
+          f"401: {codes.count(401)}, 429: {codes.count(429)}")
+    assert set(codes) <= {401, 429}, codes
+    assert codes.count(429) > 0, codes
+    assert after < RSS_BOUND_MIB * 1024, f"peak RSS {after // 1024} MiB after 150 parallel logins"
+    r = next(iter([ak.get_token_response(b, [], "user0", "wrong")]))
+    assert r.status_code in (401, 429)
+
+
+def test_failed_login_timing_does_not_tell_names_apart(berth_factory):
+    """#4: unknown users, unknown robots and expired robots cost the same argon2 work as a real account
+    with a wrong password: medians within 2x."""
+    import statistics
+    b = berth_factory(config=ak.auth_config(failed_login_limit=100000), name="timing")
+    ak.add_user(b, "known")
+    live = ak.create_robot(b, "live", ["x/*:pull"])
+    ak.create_robot(b, "expiring", ["x/*:pull"], expires="1s")
+    time.sleep(2.5)
+    s = requests.Session()
+
+    def median_ms(user, secret="wrong-secret", n=15):
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = s.get(ak.token_url(b), params={"service": "berth"}, auth=(user, secret), timeout=30)
+            ts.append((time.perf_counter() - t0) * 1000)
+            assert r.status_code == 401, (user, r.status_code, r.text)
+        return statistics.median(ts)
+
+    median_ms("known", n=3)  # warm up
+    ref = median_ms("known")
+    got = {u: median_ms(u) for u in ("nobody", "robot$nobody", "robot$expiring", live.username)}
+    print(f"\nmedian ms: known {ref:.1f}, " + ", ".join(f"{u} {t:.1f}" for u, t in got.items()))
+    for u, t in got.items():
+        assert ref / 2 <= t <= ref * 2, f"{u}: {t:.1f} ms vs {ref:.1f} ms for a known user"
+
+
+def test_admin_api_honours_the_bearer_tokens_scope(reg):
+    """#5: an admin's token scoped to one repository's pull does not administer anything; the admin API
+    needs registry:admin:* in the token (granted to admins only). Basic credentials keep working."""
+    api = f"{reg.url}/berth/v1"
+    repo = uniq("team")
+    narrow = ak.get_token(reg, [scope(repo, "pull")], "admin", reg.admin_pw)
+    newname = "sc" + uuid.uuid4().hex[:8]
+    for method, path, body in _admin_requests("nobody") + [
+            ("POST", "/users", {"name": newname, "password": "pw-" + newname}),
+            ("POST", f"/users/admin/revoke-tokens", None), ("GET", "/mirrors", None)]:
+        kw = {"json": body} if body is not None else {}
+        assert_denied(requests.request(method, api + path, headers=bearer(narrow), **kw))
+    ak.assert_token_unauthorized(ak.get_token_response(reg, [], newname, "pw-" + newname))
+    assert ak.get_token(reg, [], "admin", reg.admin_pw)
+    # registry:admin:* is granted to admins only
+    full = ak.get_token(reg, ["registry:admin:*"], "admin", reg.admin_pw)
+    assert ak.access_of(full) == {("registry", "admin"): {"*"}}
+    r = requests.get(api + "/users", headers=bearer(full))
+    assert r.status_code == 200 and "admin" in r.text, r.text
+    plain, plain_pw = new_user(reg)
+    ptok = ak.get_token(reg, ["registry:admin:*"], plain, plain_pw)
+    assert ak.access_of(ptok) == {}
+    assert_denied(requests.get(api + "/users", headers=bearer(ptok)))
+    anon = ak.get_token(reg, ["registry:admin:*"])
+    assert ak.access_of(anon) == {}
+    assert_denied(requests.get(api + "/users", headers=bearer(anon)))
+    # Basic of an admin
+    assert requests.get(api + "/users", auth=("admin", reg.admin_pw)).status_code == 200
+    # the read APIs honour the token's repository scope too
+    seed_image(reg, repo)
+    r = requests.get(api + "/inspect", params={"repository": repo, "reference": "v1"}, headers=bearer(narrow))
+    assert r.status_code == 200, r.text
+    other = ak.get_token(reg, [scope(uniq("team"), "pull")], "admin", reg.admin_pw)
+    assert_denied(requests.get(api + "/inspect", params={"repository": repo, "reference": "v1"},
+                               headers=bearer(other)))
+
+
+def test_tls_handshake_timeout(berth_factory, tmp_path):
+    """#7: a client that opens TCP and never sends a ClientHello is disconnected after
+    tls.handshake_timeout_secs (default 10), and the server keeps serving meanwhile."""
+    import socket
+    tls = ak.make_ca_and_server_cert(tmp_path / "tls")
+    b = berth_factory(config=ak.auth_config(tls=(tls["crt"], tls["key"])), name="tlsidle")
+    host, port = b.addr.rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=30) for _ in range(20)]
+    t0 = time.time()
+    r = requests.get(f"https://{b.addr}/v2/", verify=str(tls["ca_crt"]), timeout=10)
+    assert_unauthorized(r, b, scheme="https")
+    for s in idle:
+        s.settimeout(max(1.0, 20 - (time.time() - t0)))
+        try:
+            data = s.recv(1)
+        except ConnectionResetError:
+            data = b""
+        except socket.timeout:
+            pytest.fail(f"an idle TLS connection is still open {time.time() - t0:.0f} s later")
+        assert data == b"", data
+        s.close()
+    elapsed = time.time() - t0
+    assert 8 <= elapsed <= 16, elapsed
+    r = requests.get(f"https://{b.addr}/v2/", verify=str(tls["ca_crt"]), timeout=10)
+    assert_unauthorized(r, b, scheme="https")

@@ -563,6 +563,58 @@ def test_protocol_expired_lease_goes_to_the_next_claim(env, manual):
     assert manual.report(b["id"], b["lease"]).status_code == 200
 
 
+def test_protocol_expired_lease_cannot_report_even_before_a_reclaim(env, manual):
+    """Issue 12 #7: a worker whose lease ran out gets 409 on heartbeat and report, even while no other
+    worker has claimed the job yet; the next claim gets it."""
+    repo = "manual/p-expired"
+    env.push(repo, "candidate", ["true"])
+    a = manual.claim()
+    assert a is not None and a["repository"] == repo
+    time.sleep(LEASE + 1.5)
+    r = manual.post(f"/berth/v1/verify/jobs/{a['id']}/heartbeat", {"lease": a["lease"]})
+    assert r.status_code == 409, (r.status_code, r.text)
+    r = manual.report(a["id"], a["lease"])
+    assert r.status_code == 409, (r.status_code, r.text)
+    assert manual.report(a["id"], a["lease"], status="error", message="").status_code == 409
+    b = manual.claim(wait=3)
+    assert b is not None and b["id"] == a["id"] and b["attempt"] == 2
+    assert manual.report(b["id"], b["lease"]).status_code == 200
+
+
+def test_job_of_another_repository_answers_like_a_missing_one(env, manual):
+    """Issue 12 #7: GET verify/jobs/{id} is 404 alike for a missing job and one the caller may not pull
+    (no existence oracle)."""
+    env.push("manual/p-oracle", "candidate", ["true"])
+    jobs = env.api("GET", "/berth/v1/verify/jobs", params={"repository": "manual/p-oracle"}).json()["jobs"]
+    assert jobs
+    outsider = create_robot(env.reg, "outsider" + uuid.uuid4().hex[:6], ["elsewhere/**:pull"])
+    auth = (outsider.username, outsider.secret)
+    hidden = requests.get(f"{env.reg.url}/berth/v1/verify/jobs/{jobs[0]['id']}", auth=auth, timeout=30)
+    missing = requests.get(f"{env.reg.url}/berth/v1/verify/jobs/987654321", auth=auth, timeout=30)
+    assert hidden.status_code == missing.status_code == 404, (hidden.text, missing.text)
+    assert hidden.json()["errors"][0]["code"] == missing.json()["errors"][0]["code"]
+    assert "manual/p-oracle" not in hidden.text
+    # the admin sees it
+    assert env.api("GET", f"/berth/v1/verify/jobs/{jobs[0]['id']}").status_code == 200
+
+
+def test_worker_list_is_not_for_anonymous_callers(env):
+    """Issue 12 #7: no worker list for an anonymous token or no credentials; a principal other than an
+    admin sees only its own workers."""
+    anon = get_token(env.reg, scopes=["repository:app/hello:pull"])
+    r = requests.get(env.reg.url + "/berth/v1/verify/workers", headers=bearer(anon), timeout=30)
+    assert r.status_code in (401, 403), (r.status_code, r.text)
+    assert "w1" not in r.text
+    r = requests.get(env.reg.url + "/berth/v1/verify/workers", timeout=30)
+    assert r.status_code == 401, (r.status_code, r.text)
+    other = create_robot(env.reg, "lister" + uuid.uuid4().hex[:6], ["app/**:pull"])
+    r = requests.get(env.reg.url + "/berth/v1/verify/workers", auth=(other.username, other.secret), timeout=30)
+    assert r.status_code == 200 and r.json()["workers"] == [], r.text
+    r = requests.get(env.reg.url + "/berth/v1/verify/workers", auth=(env.robot.username, env.robot.secret),
+                     timeout=30)
+    assert {"w1", "w2"} <= {w["name"] for w in r.json()["workers"]}, r.text
+
+
 def test_protocol_needs_the_verify_permission(env):
     # A robot with pull only sees no jobs, and may not report on app/** jobs.
     robot = create_robot(env.reg, "puller", ["app/**:pull", "manual/**:pull"])

@@ -40,6 +40,37 @@ pub struct Client {
     password: Option<String>,
     /// Bearer tokens per repository (pull scope).
     tokens: Mutex<HashMap<String, String>>,
+    /// Origins besides the registry's own that may receive the credentials as a token
+    /// realm (`BERTH_VERIFIER_TRUSTED_REALMS`, comma-separated URLs).
+    trusted_realms: Vec<Url>,
+}
+
+/// The environment variable naming extra token-realm origins the worker sends its
+/// credentials to (comma-separated URLs, e.g. `https://auth.example.com`).
+pub const TRUSTED_REALMS_ENV: &str = "BERTH_VERIFIER_TRUSTED_REALMS";
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Whether a Bearer challenge's realm may receive the worker's credentials: only on the
+/// registry's own origin, or an origin configured as trusted. A registry (or whoever can
+/// make it answer a challenge) cannot send the robot's secret elsewhere.
+pub fn realm_gets_credentials(base: &Url, realm: &Url, trusted: &[Url]) -> bool {
+    same_origin(base, realm) || trusted.iter().any(|t| same_origin(t, realm))
+}
+
+fn trusted_from_env() -> Result<Vec<Url>> {
+    let Ok(v) = std::env::var(TRUSTED_REALMS_ENV) else {
+        return Ok(vec![]);
+    };
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| Url::parse(s).with_context(|| format!("{TRUSTED_REALMS_ENV}: {s:?}")))
+        .collect()
 }
 
 impl Client {
@@ -56,6 +87,7 @@ impl Client {
             username,
             password,
             tokens: Mutex::new(HashMap::new()),
+            trusted_realms: trusted_from_env()?,
         })
     }
 
@@ -193,8 +225,19 @@ impl Client {
             }
             q.append_pair("scope", &format!("repository:{repo}:pull"));
         }
-        let rb = self.http.get(url).timeout(Duration::from_secs(30));
-        let v: serde_json::Value = self.api_json(rb).await.context("getting a pull token")?;
+        let rb = self.http.get(url.clone()).timeout(Duration::from_secs(30));
+        let rb = if realm_gets_credentials(&self.base, &url, &self.trusted_realms) {
+            self.api(rb)
+        } else {
+            tracing::warn!(realm = %realm, "token realm is not on the registry's origin nor trusted ({TRUSTED_REALMS_ENV}): asking without credentials");
+            rb
+        };
+        let resp = rb.send().await.context("getting a pull token")?;
+        let v: serde_json::Value = check(resp)
+            .await
+            .context("getting a pull token")?
+            .json()
+            .await?;
         v["token"]
             .as_str()
             .or_else(|| v["access_token"].as_str())
@@ -338,5 +381,74 @@ mod tests {
         assert_eq!(c["scope"], "repository:a/b:pull");
         let c = parse_challenge("realm=x, service=y");
         assert_eq!((c["realm"].as_str(), c["service"].as_str()), ("x", "y"));
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_registrys_own_realm() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let base = u("http://127.0.0.1:5000");
+        assert!(realm_gets_credentials(&base, &u("http://127.0.0.1:5000/auth/token"), &[]));
+        assert!(realm_gets_credentials(&u("https://Reg.example"), &u("https://reg.example:443/t"), &[]));
+        for evil in [
+            "http://evil.example/auth/token",
+            "http://127.0.0.1:5001/auth/token",
+            "https://127.0.0.1:5000/auth/token",
+            "http://127.0.0.1.evil.example:5000/auth/token",
+        ] {
+            assert!(!realm_gets_credentials(&base, &u(evil), &[]), "{evil}");
+        }
+        let trusted = [u("https://auth.example.com")];
+        assert!(realm_gets_credentials(&base, &u("https://auth.example.com/token"), &trusted));
+        assert!(!realm_gets_credentials(&base, &u("http://auth.example.com/token"), &trusted));
+    }
+
+    /// The real client against a registry that challenges with a foreign realm: the token
+    /// request reaches that realm without the Authorization header.
+    #[tokio::test]
+    async fn foreign_realm_gets_no_credentials() {
+        use tokio::io::AsyncReadExt;
+        let evil = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let evil_addr = evil.local_addr().unwrap();
+        let reg = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let reg_addr = reg.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = reg.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = "{}";
+                let resp = format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{evil_addr}/auth/token\",service=\"berth\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let seen = tokio::spawn(async move {
+            let (mut s, _) = evil.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let n = s.read(&mut buf).await.unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let _ = s
+                .write_all(b"HTTP/1.1 500 Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            req
+        });
+        let c = Client::new(
+            &format!("http://{reg_addr}"),
+            Some("robot$verifier".into()),
+            Some("top-secret".into()),
+        )
+        .unwrap();
+        let d: Digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+            .parse()
+            .unwrap();
+        assert!(c.manifest("app/x", &d).await.is_err());
+        let req = seen.await.unwrap();
+        assert!(req.starts_with("GET /auth/token"), "{req}");
+        assert!(
+            !req.to_ascii_lowercase().contains("authorization:"),
+            "credentials sent to a foreign realm:\n{req}"
+        );
     }
 }

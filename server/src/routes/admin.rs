@@ -2,20 +2,32 @@
 //! (Basic credentials or a berth token of an admin user); open when auth is off.
 
 use crate::accounts;
-use crate::auth::basic_credentials;
+use crate::auth::{basic_credentials, AuthState, Caller};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_auth::authorizer::Rules;
-use berth_auth::{scope::covers, Action, Principal};
+use berth_auth::{scope::covers, Access, Action, Principal};
 use berth_oci::ErrorCode;
 use serde::Deserialize;
 use serde_json::json;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The scope a Bearer token needs for the admin endpoints of `/berth/v1/` (users, robots,
+/// rules, mirrors): `registry:admin:*`, granted to admins only.
+pub const ADMIN_SCOPE: (&str, &str) = ("registry", "admin");
+
+/// An authenticated `/berth/v1/` caller: the principal, and for a Bearer token what the
+/// token grants (the API honours it like the registry routes do).
+pub(crate) struct ApiCaller {
+    principal: Principal,
+    token: Option<Vec<Access>>,
+}
 
 /// Who is calling the `/berth/v1/` API: `None` when auth is off (everything is allowed).
 /// Basic credentials (rate limited like logins) or a berth token.
@@ -23,7 +35,7 @@ pub(crate) async fn api_principal(
     st: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<Option<Principal>, ApiError> {
+) -> Result<Option<ApiCaller>, ApiError> {
     let Some(a) = st.auth.as_deref() else {
         return Ok(None);
     };
@@ -33,33 +45,46 @@ pub(crate) async fn api_principal(
             format!("Basic realm=\"{}\"", a.cfg.service),
         )
     };
-    let principal = if let Some(creds) = basic_credentials(headers) {
+    if let Some(creds) = basic_credentials(headers) {
         let Ok((u, p)) = creds else {
+            a.reserve(crate::auth::NO_ACCOUNT, peer.ip())?;
             return Err(unauthorized());
         };
-        if let Some(wait) = a.throttled(peer.ip()) {
-            return Err(crate::auth::too_many(wait));
-        }
-        match a.authorizer.authenticate(&u, &p).await? {
-            Some(p) => p,
-            None => {
-                a.failed(peer.ip());
-                return Err(unauthorized());
-            }
-        }
-    } else {
-        let caller = a
-            .check(headers, &crate::auth::Need::Base)
-            .map_err(|_| unauthorized())?;
-        a.principal(&caller).await?.ok_or_else(unauthorized)?
+        return match a.login(peer.ip(), &u, &p).await? {
+            Some(principal) => Ok(Some(ApiCaller {
+                principal,
+                token: None,
+            })),
+            None => Err(unauthorized()),
+        };
+    }
+    let caller = a
+        .check(headers, &Extensions::new(), &crate::auth::Need::Base)
+        .map_err(|_| unauthorized())?;
+    let token = match &caller {
+        Caller::Token(c) => c.access.clone(),
+        _ => vec![],
     };
-    Ok(Some(principal))
+    let principal = a.principal(&caller).await?.ok_or_else(unauthorized)?;
+    Ok(Some(ApiCaller {
+        principal,
+        token: Some(token),
+    }))
+}
+
+fn token_is_admin(token: &[Access]) -> bool {
+    token.iter().any(|x| {
+        x.kind == ADMIN_SCOPE.0 && x.name == ADMIN_SCOPE.1 && x.actions.iter().any(|a| a == "*")
+    })
 }
 
 /// The caller and what it may do; `None` when auth is off.
 pub(crate) struct Who {
     pub(crate) principal: Option<Principal>,
     pub(crate) rules: Option<Rules>,
+    /// A Bearer token's grant (`None`: Basic credentials or auth off).
+    token: Option<Vec<Access>>,
+    auth: Option<Arc<AuthState>>,
 }
 
 impl Who {
@@ -70,11 +95,33 @@ impl Who {
             .unwrap_or_else(|| "anonymous".into())
     }
 
+    /// Whether the caller is an admin (with a Bearer token: one granted `registry:admin:*`).
+    pub(crate) fn is_admin(&self) -> bool {
+        match (&self.principal, &self.token) {
+            (None, _) => true,
+            (Some(Principal::User { admin: true, .. }), None) => true,
+            (Some(Principal::User { admin: true, .. }), Some(t)) => token_is_admin(t),
+            _ => false,
+        }
+    }
+
     pub(crate) fn may(&self, repo: &str, action: Action) -> bool {
-        match &self.rules {
+        let by_rules = match &self.rules {
             None => true,
             Some(r) => covers(&r.allowed(repo), action),
-        }
+        };
+        let by_token = match &self.token {
+            None => true,
+            Some(t) => {
+                token_is_admin(t)
+                    || t.iter().any(|x| {
+                        x.kind == "repository" && x.name == repo && covers(&x.action_set(), action)
+                    })
+                    || (action == Action::Pull
+                        && self.auth.as_ref().is_some_and(|a| a.authorizer.public(repo)))
+            }
+        };
+        by_rules && by_token
     }
 
     pub(crate) fn require(&self, repo: &str, action: Action) -> Result<(), ApiError> {
@@ -94,23 +141,41 @@ impl Who {
 }
 
 pub(crate) async fn who(st: &AppState, h: &HeaderMap, peer: SocketAddr) -> Result<Who, ApiError> {
-    let principal = api_principal(st, h, peer).await?;
-    let rules = match (&st.auth, &principal) {
-        (Some(a), Some(p)) => Some(a.authorizer.rules(p).await?),
+    let caller = api_principal(st, h, peer).await?;
+    let rules = match (&st.auth, &caller) {
+        (Some(a), Some(c)) => Some(a.authorizer.rules(&c.principal).await?),
         (Some(_), None) => unreachable!("api_principal answers None only when auth is off"),
         (None, _) => None,
     };
-    Ok(Who { principal, rules })
+    let (principal, token) = match caller {
+        Some(c) => (Some(c.principal), c.token),
+        None => (None, None),
+    };
+    Ok(Who {
+        principal,
+        rules,
+        token,
+        auth: st.auth.clone(),
+    })
 }
 
+/// Admins only: Basic credentials of an admin, or an admin's Bearer token granted
+/// `registry:admin:*` (a token scoped to some repositories does not administer anything).
 pub(crate) async fn require_admin(
     st: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<(), ApiError> {
-    match api_principal(st, headers, peer).await? {
-        None | Some(Principal::User { admin: true, .. }) => Ok(()),
-        Some(_) => Err(ApiError::oci(ErrorCode::Denied, "admin rights required")),
+    let who = who(st, headers, peer).await?;
+    if who.is_admin() {
+        Ok(())
+    } else if who.token.is_some() && matches!(who.principal, Some(Principal::User { admin: true, .. })) {
+        Err(ApiError::oci(
+            ErrorCode::Denied,
+            "admin rights required: this token was not granted registry:admin:*",
+        ))
+    } else {
+        Err(ApiError::oci(ErrorCode::Denied, "admin rights required"))
     }
 }
 
@@ -331,4 +396,46 @@ pub async fn create_permission(
         .await
         .map_err(bad)?;
     Ok(StatusCode::CREATED.into_response())
+}
+
+/// `POST /berth/v1/users/{name}/revoke-tokens`: every refresh token of the user stops
+/// working (access tokens already issued run out within `token_ttl_secs`).
+pub async fn revoke_user_tokens(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    if st.registry.meta.user(&name).await?.is_none() {
+        return Err(not_found("user"));
+    }
+    let n = st
+        .registry
+        .meta
+        .revoke_refresh_tokens(&format!("user:{name}"))
+        .await?;
+    tracing::info!(user = %name, count = n, "refresh tokens revoked");
+    Ok(Json(json!({"revoked": n})).into_response())
+}
+
+/// `POST /berth/v1/robots/{name}/revoke-tokens`
+pub async fn revoke_robot_tokens(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &h, peer).await?;
+    let name = name.strip_prefix("robot$").unwrap_or(&name).to_owned();
+    if st.registry.meta.robot(&name).await?.is_none() {
+        return Err(not_found("robot"));
+    }
+    let n = st
+        .registry
+        .meta
+        .revoke_refresh_tokens(&format!("robot:{name}"))
+        .await?;
+    tracing::info!(robot = %name, count = n, "refresh tokens revoked");
+    Ok(Json(json!({"revoked": n})).into_response())
 }

@@ -76,7 +76,7 @@ pub async fn tags(st: &AppState, name: RepoName, req: Request<Body>) -> Result<R
 pub async fn catalog(State(st): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {
     let rules = match &st.auth {
         Some(a) => {
-            let caller = a.check(req.headers(), &crate::auth::Need::Catalog)?;
+            let caller = a.check(req.headers(), req.extensions(), &crate::auth::Need::Catalog)?;
             let p = a.principal(&caller).await?;
             Some((
                 a.authorizer

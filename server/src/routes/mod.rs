@@ -168,9 +168,9 @@ fn unsupported() -> ApiError {
 }
 
 /// `GET /v2/`: the API version check (and, under token auth, the login probe).
-pub async fn base(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn base(State(st): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {
     if let Some(a) = &st.auth {
-        a.check(&headers, &Need::Base)?;
+        a.check(req.headers(), req.extensions(), &Need::Base)?;
     }
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -218,7 +218,7 @@ pub async fn dispatch(
     let path = OciPath::parse(&v2_rest(&req))?;
     let method = req.method().clone();
     let caller = match &st.auth {
-        Some(a) => a.check(req.headers(), &need(&method, &path))?,
+        Some(a) => a.check(req.headers(), req.extensions(), &need(&method, &path))?,
         None => Caller::Open,
     };
     match (method, path) {

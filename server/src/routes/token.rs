@@ -2,7 +2,7 @@
 //! POST form) and the public keys (`/auth/jwks.json`).
 
 use super::query_pairs;
-use crate::auth::{bad_credentials, basic_credentials, too_many, AuthState};
+use crate::auth::{bad_credentials, basic_credentials, AuthState, NO_ACCOUNT};
 use crate::error::ApiError;
 use crate::registry::verification::rfc3339;
 use crate::AppState;
@@ -26,11 +26,30 @@ fn auth_state(st: &AppState) -> Result<&AuthState, ApiError> {
     })
 }
 
+/// The key of a principal in the refresh-token table (`None`: anonymous gets none).
+fn refresh_key(p: &Principal) -> Option<String> {
+    match p {
+        Principal::Anonymous => None,
+        Principal::User { name, .. } => Some(format!("user:{name}")),
+        Principal::Robot { name } => Some(format!("robot:{name}")),
+    }
+}
+
+/// What a token answer carries besides the access token.
+enum Refresh<'a> {
+    /// No refresh token.
+    None,
+    /// A new refresh token, recorded.
+    New,
+    /// A new refresh token replacing this one (jti), which stops working.
+    Rotate(&'a str),
+}
+
 async fn issue(
     a: &AuthState,
     p: &Principal,
     scopes: &[Scope],
-    offline: bool,
+    refresh: Refresh<'_>,
 ) -> Result<Response, ApiError> {
     let access = a.authorizer.grant(p, scopes).await?;
     let granted: Vec<String> = access
@@ -49,21 +68,40 @@ async fn issue(
         "issued_at": rfc3339(claims.iat),
         "scope": granted.join(" "),
     });
-    if offline && !matches!(p, Principal::Anonymous) {
-        let (refresh, _) = a
-            .keys
-            .issue(
-                &p.subject(),
-                &a.cfg.service,
-                vec![],
-                a.cfg.refresh_ttl_secs as i64,
-                true,
-            )
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        body["refresh_token"] = json!(refresh);
+    let key = refresh_key(p);
+    match (&refresh, key) {
+        (Refresh::None, _) | (_, None) => {}
+        (Refresh::New | Refresh::Rotate(_), Some(key)) => {
+            let (token, c) = a
+                .keys
+                .issue(
+                    &p.subject(),
+                    &a.cfg.service,
+                    vec![],
+                    a.cfg.refresh_ttl_secs as i64,
+                    true,
+                )
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            match refresh {
+                Refresh::Rotate(old) => {
+                    if !a.meta.rotate_refresh_token(old, &key, (&c.jti, c.exp)).await? {
+                        return Err(revoked());
+                    }
+                }
+                _ => a.meta.store_refresh_token(&c.jti, &key, c.exp).await?,
+            }
+            body["refresh_token"] = json!(token);
+        }
     }
     tracing::info!(user = %p.subject(), scopes = ?granted, "token issued");
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+fn revoked() -> ApiError {
+    ApiError::oci(
+        ErrorCode::Unauthorized,
+        "invalid refresh token (revoked, replaced or expired)",
+    )
 }
 
 fn check_service(a: &AuthState, service: Option<&str>) -> Result<(), ApiError> {
@@ -83,17 +121,7 @@ async fn login(
     user: &str,
     pass: &str,
 ) -> Result<Principal, ApiError> {
-    if let Some(wait) = a.throttled(ip) {
-        return Err(too_many(wait));
-    }
-    match a.authorizer.authenticate(user, pass).await? {
-        Some(p) => Ok(p),
-        None => {
-            a.failed(ip);
-            tracing::info!(user = user, client.ip = %ip, "failed login");
-            Err(bad_credentials())
-        }
-    }
+    a.login(ip, user, pass).await?.ok_or_else(bad_credentials)
 }
 
 /// `GET /auth/token?service=&scope=...[&offline_token=true]` with optional Basic credentials.
@@ -114,15 +142,23 @@ pub async fn get_token(
     let principal = match basic_credentials(req.headers()) {
         None => Principal::Anonymous,
         Some(Err(())) => {
-            a.failed(peer.ip());
+            a.reserve(NO_ACCOUNT, peer.ip())?;
             return Err(bad_credentials());
         }
         Some(Ok((u, p))) => login(a, peer.ip(), &u, &p).await?,
     };
-    issue(a, &principal, &scopes, get("offline_token") == Some("true")).await
+    let refresh = if get("offline_token") == Some("true") {
+        Refresh::New
+    } else {
+        Refresh::None
+    };
+    issue(a, &principal, &scopes, refresh).await
 }
 
 /// `POST /auth/token` (form): the OAuth2 password and refresh_token grants docker sends.
+/// A refresh token comes only with `access_type=offline`; asked for in a refresh grant it
+/// replaces the one presented, which stops working (docker's refresh grants do not ask, and
+/// keep using the one `docker login` stored).
 pub async fn post_token(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -139,54 +175,57 @@ pub async fn post_token(
             .map(|(_, v)| v.as_str()),
     );
     let offline = get("access_type") == Some("offline");
-    let principal = match get("grant_type") {
+    match get("grant_type") {
         Some("password") => {
             let (Some(u), Some(p)) = (get("username"), get("password")) else {
                 return Err(bad_credentials());
             };
-            login(a, peer.ip(), u, p).await?
+            let principal = login(a, peer.ip(), u, p).await?;
+            let refresh = if offline { Refresh::New } else { Refresh::None };
+            issue(a, &principal, &scopes, refresh).await
         }
         Some("refresh_token") => {
             let Some(t) = get("refresh_token") else {
                 return Err(bad_credentials());
             };
-            if let Some(wait) = a.throttled(peer.ip()) {
-                return Err(too_many(wait));
-            }
+            a.reserve(NO_ACCOUNT, peer.ip())?;
+            // berth's own refresh tokens only (never a trusted issuer's), still on record.
             let claims = match a.keys.verify(t, &a.cfg.service, true) {
-                Ok(c) => c,
-                Err(_) => {
-                    a.failed(peer.ip());
+                Ok(c) if c.iss == a.cfg.issuer => c,
+                _ => {
                     return Err(ApiError::oci(
                         ErrorCode::Unauthorized,
                         "invalid refresh token",
                     ));
                 }
             };
-            match a.authorizer.principal(&claims.sub).await? {
-                Some(p) => p,
-                None => {
-                    return Err(ApiError::oci(
-                        ErrorCode::Unauthorized,
-                        "the account no longer exists",
-                    ))
-                }
+            let Some(principal) = a.authorizer.principal(&claims.sub).await? else {
+                return Err(ApiError::oci(
+                    ErrorCode::Unauthorized,
+                    "the account no longer exists",
+                ));
+            };
+            let Some(key) = refresh_key(&principal) else {
+                return Err(revoked());
+            };
+            if !a.meta.refresh_token_valid(&claims.jti, &key).await? {
+                tracing::info!(user = %claims.sub, client.ip = %peer.ip(), "refused a revoked refresh token");
+                return Err(revoked());
             }
+            a.refund(NO_ACCOUNT, peer.ip());
+            let refresh = if offline {
+                Refresh::Rotate(&claims.jti)
+            } else {
+                Refresh::None
+            };
+            issue(a, &principal, &scopes, refresh).await
         }
-        other => {
-            return Err(ApiError::oci(
-                ErrorCode::Unsupported,
-                format!("unsupported grant_type {:?}", other.unwrap_or("")),
-            )
-            .status(StatusCode::BAD_REQUEST))
-        }
-    };
-    let mut resp = issue(a, &principal, &scopes, offline).await?;
-    if offline && get("grant_type") == Some("refresh_token") {
-        // The refresh token stays valid; docker keeps the one it has.
-        *resp.status_mut() = StatusCode::OK;
+        other => Err(ApiError::oci(
+            ErrorCode::Unsupported,
+            format!("unsupported grant_type {:?}", other.unwrap_or("")),
+        )
+        .status(StatusCode::BAD_REQUEST)),
     }
-    Ok(resp)
 }
 
 /// `GET /auth/jwks.json`: the keys berth signs with.

@@ -132,15 +132,29 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(worker_json(&row)?)).into_response())
 }
 
-/// `GET /berth/v1/verify/workers`
+/// `GET /berth/v1/verify/workers`: every worker for admins, a principal's own workers for
+/// it; refused to anonymous callers.
 pub async fn workers(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    who(&st, &h, peer).await?;
+    let who = who(&st, &h, peer).await?;
+    if who.principal == Some(Principal::Anonymous) {
+        return Err(ApiError::oci(
+            ErrorCode::Denied,
+            "the worker list needs an authenticated caller",
+        ));
+    }
+    // Admins see every worker; others only the ones registered under their own name.
+    let all = who.is_admin();
+    let subject = who.subject();
     let rows = st.registry.meta.workers().await?;
-    let out: Result<Vec<Worker>, ApiError> = rows.iter().map(worker_json).collect();
+    let out: Result<Vec<Worker>, ApiError> = rows
+        .iter()
+        .filter(|w| all || w.principal == subject)
+        .map(worker_json)
+        .collect();
     Ok(Json(json!({ "workers": out? })).into_response())
 }
 
@@ -458,7 +472,8 @@ pub async fn jobs(
     Ok(Json(json!({ "jobs": out })).into_response())
 }
 
-/// `GET /berth/v1/verify/jobs/{id}`
+/// `GET /berth/v1/verify/jobs/{id}`: 404 alike for a missing job and one the caller may not
+/// pull.
 pub async fn job(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -466,13 +481,14 @@ pub async fn job(
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = who(&st, &h, peer).await?;
+    // A job the caller may not see answers like a missing one: no existence oracle.
     let j = st
         .registry
         .meta
         .job(id)
         .await?
+        .filter(|j| who.may(&j.repository, Action::Pull))
         .ok_or_else(|| not_found(&format!("job {id}")))?;
-    who.require(&j.repository, Action::Pull)?;
     Ok(Json(job_json(&j)).into_response())
 }
 

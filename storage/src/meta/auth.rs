@@ -66,6 +66,8 @@ impl Meta {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        // A replaced account starts without the old one's refresh tokens.
+        revoke_tx(&mut tx, &format!("user:{name}")).await?;
         for g in groups {
             sqlx::query("INSERT INTO group_members (group_name, user_name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(g)
@@ -77,13 +79,17 @@ impl Meta {
         Ok(())
     }
 
-    /// Changes a password. False if there is no such user.
+    /// Changes a password and revokes the user's refresh tokens. False if there is no such
+    /// user.
     pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
+        let mut tx = WriteTx::begin(&self.write).await?;
         let r = sqlx::query("UPDATE users SET password_hash = $2 WHERE name = $1")
             .bind(name)
             .bind(password_hash)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
+        revoke_tx(&mut tx, &format!("user:{name}")).await?;
+        tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -151,6 +157,7 @@ impl Meta {
             .bind(format!("user:{name}"))
             .execute(&mut *tx)
             .await?;
+        forget_tx(&mut tx, &format!("user:{name}")).await?;
         tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
@@ -162,6 +169,7 @@ impl Meta {
         secret_hash: &str,
         expires_at: Option<i64>,
     ) -> Result<bool> {
+        let mut tx = WriteTx::begin(&self.write).await?;
         let r = sqlx::query(
             "INSERT INTO robots (name, secret_hash, expires_at, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
         )
@@ -169,8 +177,13 @@ impl Meta {
         .bind(secret_hash)
         .bind(expires_at)
         .bind(now_secs())
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
+        if r.rows_affected() > 0 {
+            // Nothing issued to an earlier robot of this name carries over.
+            forget_tx(&mut tx, &format!("robot:{name}")).await?;
+        }
+        tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -213,6 +226,7 @@ impl Meta {
             .bind(format!("robot:{name}"))
             .execute(&mut *tx)
             .await?;
+        forget_tx(&mut tx, &format!("robot:{name}")).await?;
         tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
@@ -257,5 +271,114 @@ impl Meta {
                 actions: r.get(3),
             })
             .collect())
+    }
+}
+
+/// Marks every refresh token of `principal` revoked.
+async fn revoke_tx(tx: &mut WriteTx, principal: &str) -> Result<u64> {
+    let r = sqlx::query(
+        "UPDATE refresh_tokens SET revoked = 1 WHERE principal = $1 AND revoked = 0",
+    )
+    .bind(principal)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Removes every refresh token of `principal` (the account is gone).
+async fn forget_tx(tx: &mut WriteTx, principal: &str) -> Result<()> {
+    sqlx::query("DELETE FROM refresh_tokens WHERE principal = $1")
+        .bind(principal)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Meta {
+    /// Records a refresh token berth issued (`principal`: `user:NAME` or `robot:NAME`).
+    /// Rows that expired a day ago or more are dropped on the way.
+    pub async fn store_refresh_token(
+        &self,
+        jti: &str,
+        principal: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        let now = now_secs();
+        let mut tx = WriteTx::begin(&self.write).await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
+            .bind(now - 86400)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (jti, principal, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(jti)
+        .bind(principal)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether a refresh token is still honoured: recorded for `principal`, not revoked, not
+    /// expired.
+    pub async fn refresh_token_valid(&self, jti: &str, principal: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE jti = $1 AND principal = $2 \
+             AND revoked = 0 AND expires_at > $3",
+        )
+        .bind(jti)
+        .bind(principal)
+        .bind(now_secs())
+        .fetch_one(&self.write)
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// Rotation: revokes the refresh token `old` and records `new` (jti, expiry) in one
+    /// transaction. False (and nothing recorded) when `old` was no longer valid, so a token
+    /// is exchanged once at most, and a revoke that ran meanwhile also covers the new one.
+    pub async fn rotate_refresh_token(
+        &self,
+        old: &str,
+        principal: &str,
+        new: (&str, i64),
+    ) -> Result<bool> {
+        let now = now_secs();
+        let mut tx = WriteTx::begin(&self.write).await?;
+        let r = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1 WHERE jti = $1 AND principal = $2 \
+             AND revoked = 0 AND expires_at > $3",
+        )
+        .bind(old)
+        .bind(principal)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (jti, principal, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(new.0)
+        .bind(principal)
+        .bind(now)
+        .bind(new.1)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Revokes every refresh token of `principal`; returns how many were live.
+    pub async fn revoke_refresh_tokens(&self, principal: &str) -> Result<u64> {
+        let mut tx = WriteTx::begin(&self.write).await?;
+        let n = revoke_tx(&mut tx, principal).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 }

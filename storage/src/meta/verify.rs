@@ -380,7 +380,7 @@ impl Meta {
         let mut tx = WriteTx::begin(&self.write).await?;
         let n = sqlx::query(
             "UPDATE verify_jobs SET lease_expires = $1, updated_at = $2 \
-             WHERE id = $3 AND lease = $4 AND state = 'running'",
+             WHERE id = $3 AND lease = $4 AND state = 'running' AND lease_expires >= $2",
         )
         .bind(now + lease_secs)
         .bind(now)
@@ -401,7 +401,8 @@ impl Meta {
         let sql = format!(
             "UPDATE verify_jobs SET state = $1, exit_code = $2, message = $3, log_tail = $4, \
              timings = $5, runner = $6, host = $7, simulated = $8, finished_at = $9, updated_at = $9, \
-             lease_expires = NULL WHERE id = $10 AND lease = $11 AND state = 'running' RETURNING {JOB_COLS}"
+             lease_expires = NULL WHERE id = $10 AND lease = $11 AND state = 'running' \
+             AND lease_expires >= $9 RETURNING {JOB_COLS}"
         );
         let row = sqlx::query(&sql)
             .bind(f.state.as_str())
@@ -454,7 +455,8 @@ impl Meta {
              state = CASE WHEN attempts >= max_attempts THEN 'error' ELSE 'queued' END, \
              finished_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE NULL END, \
              not_before = $2, message = $3, updated_at = $1, lease_expires = NULL \
-             WHERE id = $4 AND lease = $5 AND state = 'running' RETURNING {JOB_COLS}"
+             WHERE id = $4 AND lease = $5 AND state = 'running' AND lease_expires >= $1 \
+             RETURNING {JOB_COLS}"
         );
         let row = sqlx::query(&sql)
             .bind(now)
@@ -472,7 +474,11 @@ impl Meta {
                     None => Finished::Unknown,
                     Some(r) => {
                         let j = job_from_row(&r)?;
-                        if j.lease.as_deref() == Some(lease) && j.message == message {
+                        // A running job whose lease ran out is lost, not repeated.
+                        if j.lease.as_deref() == Some(lease)
+                            && j.message == message
+                            && j.state != JobState::Running
+                        {
                             Finished::Repeated(j)
                         } else {
                             Finished::LeaseLost
