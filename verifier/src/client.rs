@@ -40,6 +40,8 @@ pub struct Client {
     password: Option<String>,
     /// Bearer tokens per repository (pull scope).
     tokens: Mutex<HashMap<String, String>>,
+    /// Longest wait for the next bytes of a blob download.
+    blob_stall: Duration,
 }
 
 impl Client {
@@ -56,7 +58,14 @@ impl Client {
             username,
             password,
             tokens: Mutex::new(HashMap::new()),
+            blob_stall: Duration::from_secs(60),
         })
+    }
+
+    /// Sets the longest wait for the next bytes of a blob download (a stalled download fails).
+    pub fn with_blob_stall(mut self, d: Duration) -> Self {
+        self.blob_stall = d;
+        self
     }
 
     fn url(&self, path: &str) -> Result<Url> {
@@ -249,7 +258,15 @@ impl Client {
             .with_context(|| format!("creating {}", path.display()))?;
         let mut h = Hasher::new(digest.algorithm());
         let mut n = 0u64;
-        while let Some(chunk) = resp.chunk().await? {
+        loop {
+            let chunk = match tokio::time::timeout(self.blob_stall, resp.chunk()).await {
+                Ok(c) => c?,
+                Err(_) => bail!(
+                    "blob {digest}: no data for {}s after {n} bytes (stalled download)",
+                    self.blob_stall.as_secs()
+                ),
+            };
+            let Some(chunk) = chunk else { break };
             n += chunk.len() as u64;
             if n > size {
                 bail!("blob {digest} is larger than its descriptor's {size} bytes");
