@@ -224,7 +224,8 @@ def test_work_dir_owned_by_another_user_is_refused(env):
     b = fresh_base()
     env.bases.append(b)
     w = b / "work"
-    subprocess.run(["runuser", "-u", "nobody", "--", "mkdir", "-m", "0700", str(w)], check=True)
+    w.mkdir(mode=0o700)
+    os.chown(w, 65534, 65534)   # as if the local user had pre-created it
     err = refused(env, w)
     assert "owned by uid 65534" in err, err
 
@@ -234,7 +235,9 @@ def test_symlinked_work_dir_and_runtime_state_are_refused(env):
     env.bases.append(b)
     # The attacker's own directory, where they would like root to write.
     theirs = b / "theirs"
-    subprocess.run(["runuser", "-u", "nobody", "--", "mkdir", "-m", "0777", str(theirs)], check=True)
+    theirs.mkdir()
+    theirs.chmod(0o777)
+    os.chown(theirs, 65534, 65534)
     link = b / "work-link"
     link.symlink_to(theirs)
     err = refused(env, link)

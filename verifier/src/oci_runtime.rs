@@ -195,7 +195,11 @@ fn lookup_gid_of_uid(rootfs: &Path, uid: u32) -> Option<u32> {
 pub fn shift_owners(root: &Path, base: u32, size: u32) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let map = |id: u32| -> u32 {
-        let id = if id < size { id } else { 65534.min(size.saturating_sub(1)) };
+        let id = if id < size {
+            id
+        } else {
+            65534.min(size.saturating_sub(1))
+        };
         base.saturating_add(id)
     };
     let mut seen = std::collections::HashSet::new();
@@ -394,7 +398,8 @@ pub fn write_spec(bundle: &Path, req: &RunRequest, sb: &Sandbox) -> Result<()> {
         .as_array_mut()
         .context("namespaces")?
         .push(serde_json::json!({"type": "user"}));
-    let mapping = serde_json::json!([{"containerID": 0, "hostID": sb.id_map_base, "size": sb.id_map_size}]);
+    let mapping =
+        serde_json::json!([{"containerID": 0, "hostID": sb.id_map_base, "size": sb.id_map_size}]);
     linux["uidMappings"] = mapping.clone();
     linux["gidMappings"] = mapping;
     let mem = sb.memory_limit_mb.saturating_mul(1 << 20);
@@ -453,7 +458,9 @@ impl Runner for OciRuntime {
                 // The worker's disk, not the image: retried.
                 return Outcome {
                     timings,
-                    ..Outcome::error(format!("unpacking the layers: the worker ran out of space: {e:#}"))
+                    ..Outcome::error(format!(
+                        "unpacking the layers: the worker ran out of space: {e:#}"
+                    ))
                 };
             }
             Ok(Err(e)) => {

@@ -136,10 +136,7 @@ pub fn create_private(parent: &Path, name: &str, mode: u32) -> Result<PathBuf> {
             .create(&path)
             .with_context(|| format!("creating {}", path.display()))?;
         let m = std::fs::symlink_metadata(&path)?;
-        if m.file_type().is_symlink()
-            || !m.is_dir()
-            || m.uid() != nix::unistd::geteuid().as_raw()
-        {
+        if m.file_type().is_symlink() || !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() {
             bail!("{} was replaced while it was created", path.display());
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
@@ -165,7 +162,10 @@ pub fn ensure_private(parent: &Path, name: &str) -> Result<PathBuf> {
         Err(e) => Err(e).with_context(|| format!("{}", path.display())),
         Ok(m) => {
             if m.file_type().is_symlink() || !m.is_dir() {
-                bail!("{} is not a directory (a symlink?); refusing it", path.display());
+                bail!(
+                    "{} is not a directory (a symlink?); refusing it",
+                    path.display()
+                );
             }
             #[cfg(unix)]
             {

@@ -227,11 +227,12 @@ impl<A: HcsApi> HcsRunner<A> {
             let (l, f) = (layer.clone(), folder.clone());
             let b = budget.clone();
             if i == 0 {
-                let u =
-                    tokio::task::spawn_blocking(move || unpack::unpack_layer(&l, &f, Target::Base, &b))
-                        .await
-                        .map_err(|e| Stop::Host(format!("unpack task: {e}")))?
-                        .map_err(Stop::Unpack)?;
+                let u = tokio::task::spawn_blocking(move || {
+                    unpack::unpack_layer(&l, &f, Target::Base, &b)
+                })
+                .await
+                .map_err(|e| Stop::Host(format!("unpack task: {e}")))?
+                .map_err(Stop::Unpack)?;
                 if !u.looks_like_base {
                     return Err(Stop::Image(format!(
                         "layer 1 ({}) is not a Windows base layer: no Files/Windows/System32/config/SYSTEM",
