@@ -409,7 +409,7 @@ pub fn busy() -> ApiError {
         ErrorCode::TooManyRequests,
         "too many logins in progress; try again shortly",
     )
-    .header("retry-after", "1")
+    .header("retry-after", "1".to_owned())
 }
 
 /// A 401 for bad credentials at the token endpoint.

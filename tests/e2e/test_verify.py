@@ -222,20 +222,33 @@ class Env:
         return r.json()
 
 
+def work_base():
+    """Where the workers' work directories go: the worker refuses directories others could
+    tamper with, and the user-namespaced container must be able to traverse the directories
+    above its bundle, which pytest's 0700 tmp dirs are not. /var/tmp is sticky and searchable."""
+    d = pathlib.Path("/var/tmp") / ("berth-e2e-" + uuid.uuid4().hex[:10])
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    return d
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("verify")
+    work = work_base()
     reg = Berth(base / "data", config=CONFIG).start()
     admin_pw = add_user(reg, "admin", admin=True)
     robot = create_robot(reg, "verifier", ["app/**:verify", "gated/**:verify", "slow/**:verify"])
-    workers = [Verifier(reg, f"w{i}", robot, base / f"work{i}").start() for i in (1, 2)]
+    workers = [Verifier(reg, f"w{i}", robot, work / f"work{i}").start() for i in (1, 2)]
     e = Env(reg, admin_pw, workers)
     e.base = base
+    e.work = work
     e.robot = robot
     yield e
     for w in workers:
         w.stop()
     reg.stop()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def one_job(st):
@@ -678,7 +691,7 @@ def push_windows(env, repo, ref, os_version):
 @pytest.fixture(scope="module")
 def win_worker(env):
     robot = create_robot(env.reg, "winverifier", ["win/**:verify"])
-    w = Verifier(env.reg, "win-double", robot, env.base / "work-win", runner="hcs-double",
+    w = Verifier(env.reg, "win-double", robot, env.work / "work-win", runner="hcs-double",
                  extra=["--os-version", "10.0.20348.2527"]).start()
     yield w
     w.stop()

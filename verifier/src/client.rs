@@ -43,6 +43,8 @@ pub struct Client {
     /// Origins besides the registry's own that may receive the credentials as a token
     /// realm (`BERTH_VERIFIER_TRUSTED_REALMS`, comma-separated URLs).
     trusted_realms: Vec<Url>,
+    /// Longest wait for the next bytes of a blob download.
+    blob_stall: Duration,
 }
 
 /// The environment variable naming extra token-realm origins the worker sends its
@@ -88,7 +90,14 @@ impl Client {
             password,
             tokens: Mutex::new(HashMap::new()),
             trusted_realms: trusted_from_env()?,
+            blob_stall: Duration::from_secs(60),
         })
+    }
+
+    /// Sets the longest wait for the next bytes of a blob download (a stalled download fails).
+    pub fn with_blob_stall(mut self, d: Duration) -> Self {
+        self.blob_stall = d;
+        self
     }
 
     fn url(&self, path: &str) -> Result<Url> {
@@ -292,7 +301,15 @@ impl Client {
             .with_context(|| format!("creating {}", path.display()))?;
         let mut h = Hasher::new(digest.algorithm());
         let mut n = 0u64;
-        while let Some(chunk) = resp.chunk().await? {
+        loop {
+            let chunk = match tokio::time::timeout(self.blob_stall, resp.chunk()).await {
+                Ok(c) => c?,
+                Err(_) => bail!(
+                    "blob {digest}: no data for {}s after {n} bytes (stalled download)",
+                    self.blob_stall.as_secs()
+                ),
+            };
+            let Some(chunk) = chunk else { break };
             n += chunk.len() as u64;
             if n > size {
                 bail!("blob {digest} is larger than its descriptor's {size} bytes");

@@ -11,6 +11,9 @@ pub mod hcs;
 pub mod oci_runtime;
 pub mod runner;
 #[cfg(target_os = "linux")]
+pub mod seccomp;
+#[cfg(target_os = "linux")]
 pub mod shim;
 pub mod unpack;
+pub mod workdir;
 pub mod worker;

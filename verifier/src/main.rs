@@ -65,6 +65,45 @@ struct RunArgs {
     /// Host os.version to register (the HCS test double only).
     #[arg(long)]
     os_version: Option<String>,
+    /// Most bytes of file content one job may unpack, all layers together (default 16 GiB).
+    #[arg(long)]
+    max_unpack_bytes: Option<u64>,
+    /// Most tar entries one job may unpack (default 1000000).
+    #[arg(long)]
+    max_unpack_entries: Option<u64>,
+    /// Most bytes one job may download (default 16 GiB).
+    #[arg(long)]
+    max_pull_bytes: Option<u64>,
+    /// Seconds a blob download may send nothing before it fails (default 60).
+    #[arg(long)]
+    blob_stall_secs: Option<u64>,
+    /// oci-runtime: first host uid/gid image ids are mapped to (default 0x60000000).
+    #[arg(long, value_parser = parse_u32)]
+    id_map_base: Option<u32>,
+    /// oci-runtime: how many ids are mapped (default 65536).
+    #[arg(long)]
+    id_map_size: Option<u32>,
+    /// oci-runtime: memory limit of a container in MiB, swap included (default 1024).
+    #[arg(long)]
+    memory_limit_mb: Option<u64>,
+    /// oci-runtime: most processes and threads in a container (default 512).
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    /// oci-runtime: CPUs a container may use (default 1).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// oci-runtime: mount the image's root filesystem read-only.
+    #[arg(long)]
+    readonly_rootfs: bool,
+}
+
+/// A number, decimal or `0x` hex.
+fn parse_u32(s: &str) -> std::result::Result<u32, String> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[derive(Subcommand)]
@@ -127,6 +166,32 @@ fn load(a: &RunArgs) -> Result<Config> {
     if let Some(v) = &a.os_version {
         cfg.os_version = Some(v.clone());
     }
+    macro_rules! set {
+        ($($f:ident),*) => {$(if let Some(v) = a.$f { cfg.$f = v; })*};
+    }
+    set!(
+        max_unpack_bytes,
+        max_unpack_entries,
+        max_pull_bytes,
+        blob_stall_secs,
+        id_map_base,
+        id_map_size,
+        memory_limit_mb,
+        pids_limit,
+        cpus
+    );
+    if a.readonly_rootfs {
+        cfg.readonly_rootfs = true;
+    }
+    if cfg.id_map_base == 0 || cfg.id_map_size == 0 {
+        bail!("id_map_base and id_map_size must be non-zero (image root must not be host root)");
+    }
+    if cfg.id_map_base.checked_add(cfg.id_map_size).is_none() {
+        bail!("id_map_base + id_map_size overflows the uid space");
+    }
+    if cfg.cpus.is_nan() || cfg.cpus <= 0.0 || cfg.memory_limit_mb == 0 || cfg.pids_limit <= 0 {
+        bail!("cpus, memory_limit_mb and pids_limit must be positive");
+    }
     if cfg.name.is_empty() {
         cfg.name = hostname();
     }
@@ -161,6 +226,14 @@ fn runners(cfg: &Config) -> Result<(Vec<Arc<dyn Runner>>, Platform)> {
                     runtime,
                     state_dir: cfg.work_dir.join("runtime-state"),
                     shim_exe: std::env::current_exe()?,
+                    sandbox: berth_verifier::oci_runtime::Sandbox {
+                        id_map_base: cfg.id_map_base,
+                        id_map_size: cfg.id_map_size,
+                        memory_limit_mb: cfg.memory_limit_mb,
+                        pids_limit: cfg.pids_limit,
+                        cpus: cfg.cpus,
+                        readonly_rootfs: cfg.readonly_rootfs,
+                    },
                 }));
             }
             // The HCS test double: runs no container, results are marked simulated and never

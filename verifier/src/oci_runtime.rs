@@ -1,11 +1,15 @@
 //! The `oci-runtime` runner: boots Linux images with runc (or crun).
 //!
-//! Layers are unpacked into `<dir>/bundle/rootfs`, a runtime-spec `config.json` is written
-//! with the oci-spec crate (new pid, mount, ipc, uts and network namespaces; the image's
-//! user, environment and working directory; the probe or the image's entrypoint and command),
-//! and the container runs under a `berth-verifier shim` process with the timeout enforced
-//! here. Whatever happens, the container is killed and deleted and the run directory removed
-//! by the worker; `sweep` clears what a killed worker left.
+//! Layers are unpacked into `<dir>/bundle/rootfs` within the job's unpack caps, their owners
+//! shifted into the worker's unprivileged id range, and a runtime-spec `config.json` is
+//! written (new user, pid, mount, ipc, uts and network namespaces, image root mapped to
+//! `id_map_base`; memory, pids and CPU limits; moby's seccomp profile; no new privileges;
+//! the image's user, environment and checked working directory; the probe or the image's
+//! entrypoint and command). The bundle directory is 0700 and owned by the mapped root, so no
+//! other host user can reach the image's files (its setuid binaries included). The container
+//! runs under a `berth-verifier shim` process with the timeout enforced here. Whatever
+//! happens, the container is killed and deleted and the run directory removed by the worker;
+//! `sweep` clears what a killed worker left.
 
 use crate::runner::{ms, tail, Outcome, RunRequest, Runner};
 use crate::shim::ShimResult;
@@ -17,9 +21,39 @@ use oci_spec::runtime::{
     LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, PosixRlimitBuilder, PosixRlimitType,
     ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,
 };
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::process::Command;
+
+/// The sandbox's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    /// First host uid/gid of the range image ids are mapped to (image root = this id).
+    pub id_map_base: u32,
+    /// Size of the range.
+    pub id_map_size: u32,
+    /// Memory limit of the container (MiB; swap included).
+    pub memory_limit_mb: u64,
+    /// Most processes/threads at once.
+    pub pids_limit: i64,
+    /// CPUs (CFS quota).
+    pub cpus: f64,
+    /// Mount the rootfs read-only.
+    pub readonly_rootfs: bool,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            id_map_base: 0x6000_0000,
+            id_map_size: 65536,
+            memory_limit_mb: 1024,
+            pids_limit: 512,
+            cpus: 1.0,
+            readonly_rootfs: false,
+        }
+    }
+}
 
 /// Bytes of output kept for the report.
 pub const LOG_TAIL: usize = 4096;
@@ -32,6 +66,8 @@ pub struct OciRuntime {
     pub state_dir: PathBuf,
     /// This executable, started as `shim`.
     pub shim_exe: PathBuf,
+    /// Limits and id mapping.
+    pub sandbox: Sandbox,
 }
 
 impl OciRuntime {
@@ -152,19 +188,149 @@ fn lookup_gid_of_uid(rootfs: &Path, uid: u32) -> Option<u32> {
     })
 }
 
+/// Shifts the owner of every file under `root` (itself included) into the mapped range: image
+/// uid `u` becomes `base + u` (ids outside the range become the range's nobody, 65534).
+/// Never follows a symlink (`lchown`; modes are re-applied only to what `lstat` says is not a
+/// link); setuid/setgid bits, which a chown clears, are restored. Hard links are shifted once.
+pub fn shift_owners(root: &Path, base: u32, size: u32) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let map = |id: u32| -> u32 {
+        let id = if id < size {
+            id
+        } else {
+            65534.min(size.saturating_sub(1))
+        };
+        base.saturating_add(id)
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).with_context(|| format!("{}", p.display()))?;
+        let is_dir = m.is_dir() && !m.file_type().is_symlink();
+        if is_dir {
+            for e in std::fs::read_dir(&p).with_context(|| format!("{}", p.display()))? {
+                stack.push(e?.path());
+            }
+        }
+        if !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        std::os::unix::fs::lchown(&p, Some(map(m.uid())), Some(map(m.gid())))
+            .with_context(|| format!("chown {}", p.display()))?;
+        if !m.file_type().is_symlink() && m.mode() & 0o6000 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+                .with_context(|| format!("chmod {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runtime mounts over the rootfs: a working directory there would be the host's (the
+/// CVE-2024-21626 pattern: `/proc/self/fd/<n>` is a host directory runc left open).
+const RUNTIME_MOUNTS: [&str; 3] = ["proc", "sys", "dev"];
+
+/// Checks the image's `WorkingDir` before runc sees it: absolute, no `..`, and, with the
+/// image's symlinks resolved inside the rootfs (as if chrooted), neither leaving the rootfs nor
+/// landing on a runtime mount, and a directory when it exists. Returns the path to use.
+pub fn check_working_dir(rootfs: &Path, dir: &str) -> Result<String> {
+    if dir.is_empty() {
+        return Ok("/".into());
+    }
+    if !dir.starts_with('/') {
+        anyhow::bail!("WorkingDir {dir:?} is not absolute");
+    }
+    if dir.contains('\0') {
+        anyhow::bail!("WorkingDir {dir:?} has a NUL");
+    }
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    for c in Path::new(dir).components().rev() {
+        match c {
+            Component::Normal(n) => todo.push(n.to_owned()),
+            Component::ParentDir => anyhow::bail!("WorkingDir {dir:?} has a `..` component"),
+            _ => {}
+        }
+    }
+    // Resolve, chroot style, following at most 40 links.
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        if c == "." {
+            continue;
+        }
+        resolved.push(c);
+        let host: PathBuf = std::iter::once(rootfs.as_os_str().to_owned())
+            .chain(resolved.iter().cloned())
+            .collect();
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    anyhow::bail!("WorkingDir {dir:?}: too many symlinks");
+                }
+                let target = std::fs::read_link(&host)?;
+                resolved.pop();
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                for t in target.components().rev() {
+                    match t {
+                        Component::Normal(n) => todo.push(n.to_owned()),
+                        Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(m) if !m.is_dir() => {
+                anyhow::bail!("WorkingDir {dir:?} is not a directory in the image")
+            }
+            Ok(_) => {}
+            // Missing: the runtime creates it (and whatever follows is plain names).
+            Err(_) => {}
+        }
+    }
+    if let Some(first) = resolved.first() {
+        if RUNTIME_MOUNTS.iter().any(|m| first == *m) {
+            anyhow::bail!(
+                "WorkingDir {dir:?} resolves to /{} (a runtime mount, not the image's); refused",
+                resolved
+                    .iter()
+                    .map(|s| s.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            );
+        }
+    }
+    let mut out = String::new();
+    for c in &resolved {
+        out.push('/');
+        out.push_str(&c.to_string_lossy());
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
 /// Writes `config.json` for the request into `bundle`.
-pub fn write_spec(bundle: &Path, req: &RunRequest) -> Result<()> {
+pub fn write_spec(bundle: &Path, req: &RunRequest, sb: &Sandbox) -> Result<()> {
     let rootfs = bundle.join("rootfs");
     let (uid, gid) = resolve_user(&rootfs, &req.user)?;
+    if uid >= sb.id_map_size || gid >= sb.id_map_size {
+        anyhow::bail!(
+            "User {:?} ({uid}:{gid}) is outside the {} ids mapped into the container",
+            req.user,
+            sb.id_map_size
+        );
+    }
     let mut env = req.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
-    let cwd = if req.working_dir.is_empty() {
-        "/".to_owned()
-    } else {
-        req.working_dir.clone()
-    };
+    let cwd = check_working_dir(&rootfs, &req.working_dir)?;
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(req.command.clone())
@@ -221,8 +387,31 @@ pub fn write_spec(bundle: &Path, req: &RunRequest) -> Result<()> {
                 .build()?,
         )
         .build()?;
-    spec.save(bundle.join("config.json"))
-        .context("writing config.json")?;
+    let mut v = serde_json::to_value(&spec)?;
+    v["root"]["readonly"] = sb.readonly_rootfs.into();
+    // The cgroup hierarchy is not the container's business.
+    if let Some(m) = v["mounts"].as_array_mut() {
+        m.retain(|m| m["destination"] != "/sys/fs/cgroup");
+    }
+    let linux = &mut v["linux"];
+    linux["namespaces"]
+        .as_array_mut()
+        .context("namespaces")?
+        .push(serde_json::json!({"type": "user"}));
+    let mapping =
+        serde_json::json!([{"containerID": 0, "hostID": sb.id_map_base, "size": sb.id_map_size}]);
+    linux["uidMappings"] = mapping.clone();
+    linux["gidMappings"] = mapping;
+    let mem = sb.memory_limit_mb.saturating_mul(1 << 20);
+    let period: u64 = 100_000;
+    linux["resources"] = serde_json::json!({
+        "memory": {"limit": mem, "swap": mem},
+        "pids": {"limit": sb.pids_limit},
+        "cpu": {"period": period, "quota": ((sb.cpus * period as f64) as i64).max(1000)},
+    });
+    linux["seccomp"] = crate::seccomp::profile();
+    let f = std::fs::File::create(bundle.join("config.json")).context("writing config.json")?;
+    serde_json::to_writer_pretty(f, &v).context("writing config.json")?;
     Ok(())
 }
 
@@ -242,17 +431,21 @@ impl Runner for OciRuntime {
 
     async fn run(&self, req: RunRequest) -> Outcome {
         let mut timings = Timings::default();
-        let bundle = req.dir.join("bundle");
-        let rootfs = bundle.join("rootfs");
-        // Unpack (blocking work off the runtime's threads).
+        // The bundle: 0700, created fresh (never through a planted link); the job directory
+        // above it only traversable.
+        let (bundle, rootfs) = match make_bundle(&req.dir) {
+            Ok(x) => x,
+            Err(e) => return Outcome::error(format!("creating the bundle: {e:#}")),
+        };
+        // Unpack (blocking work off the runtime's threads), within the job's caps.
         let t = Instant::now();
         let layers = req.image.layers.clone();
         let rf = rootfs.clone();
+        let budget = unpack::Budget::new(req.limits);
         let unpacked = tokio::task::spawn_blocking(move || -> Result<()> {
-            std::fs::create_dir_all(&rf)?;
             for l in &layers {
                 let c = unpack::compression(&l.media_type)?;
-                unpack::apply_layer(&rf, &l.path, c)
+                unpack::apply_layer(&rf, &l.path, c, &budget)
                     .with_context(|| format!("layer {}", l.digest))?;
             }
             Ok(())
@@ -261,17 +454,44 @@ impl Runner for OciRuntime {
         timings.unpack_ms = ms(t.elapsed());
         match unpacked {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if unpack::is_disk_full(&e) => {
+                // The worker's disk, not the image: retried.
+                return Outcome {
+                    timings,
+                    ..Outcome::error(format!(
+                        "unpacking the layers: the worker ran out of space: {e:#}"
+                    ))
+                };
+            }
             Ok(Err(e)) => {
-                // A layer that cannot be applied is the image's fault.
+                // A layer that cannot be applied (or expands beyond the caps) is the image's
+                // fault.
+                let message = match e.chain().find_map(|c| c.downcast_ref::<unpack::TooBig>()) {
+                    Some(t) => format!("{t}"),
+                    None => format!("unpacking the layers failed: {e:#}"),
+                };
                 return Outcome {
                     status: JobState::Failed,
                     exit_code: None,
-                    message: format!("unpacking the layers failed: {e:#}"),
+                    message,
                     log_tail: String::new(),
                     timings,
                 };
             }
             Err(e) => return Outcome::error(format!("unpack task: {e}")),
+        }
+        let sb = self.sandbox.clone();
+        let (b2, rf2) = (bundle.clone(), rootfs.clone());
+        let shifted = tokio::task::spawn_blocking(move || -> Result<()> {
+            shift_owners(&rf2, sb.id_map_base, sb.id_map_size)?;
+            std::os::unix::fs::lchown(&b2, Some(sb.id_map_base), Some(sb.id_map_base))?;
+            Ok(())
+        })
+        .await;
+        match shifted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Outcome::error(format!("shifting file owners: {e:#}")),
+            Err(e) => return Outcome::error(format!("chown task: {e}")),
         }
         if req.command.is_empty() {
             return Outcome {
@@ -282,7 +502,7 @@ impl Runner for OciRuntime {
                 timings,
             };
         }
-        if let Err(e) = write_spec(&bundle, &req) {
+        if let Err(e) = write_spec(&bundle, &req, &self.sandbox) {
             return Outcome {
                 status: JobState::Failed,
                 exit_code: None,
@@ -387,8 +607,17 @@ impl Runner for OciRuntime {
     }
 
     async fn sweep(&self, work_dir: &Path) -> Result<()> {
+        // The runtime state directory: private to the worker (created if missing, refused if
+        // someone else could have planted state there for runc to act on).
+        let parent = self.state_dir.parent().unwrap_or(work_dir);
+        let name = self
+            .state_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "runtime-state".into());
+        crate::workdir::ensure_private(parent, &name)?;
         // Containers a killed worker left in its runtime state directory.
-        if self.state_dir.exists() {
+        {
             let out = self
                 .cmd()
                 .args(["list", "--quiet"])
@@ -420,6 +649,20 @@ impl Runner for OciRuntime {
         }
         Ok(())
     }
+}
+
+/// Creates `<dir>/bundle` (0700) and `<dir>/bundle/rootfs` fresh, and makes `dir` traversable
+/// (0711) for the container's mapped root.
+fn make_bundle(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::symlink_metadata(dir)?;
+    if m.file_type().is_symlink() || !m.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    let bundle = crate::workdir::create_private(dir, "bundle", 0o700)?;
+    let rootfs = crate::workdir::create_private(&bundle, "rootfs", 0o755)?;
+    Ok((bundle, rootfs))
 }
 
 /// Waits for the shim, killing the container at the request's deadline. Returns the shim's

@@ -58,6 +58,8 @@ pub struct RunRequest {
     pub timeout: Duration,
     /// Scratch directory of this run; the worker removes it afterwards.
     pub dir: PathBuf,
+    /// Caps on what the run may unpack (all layers together).
+    pub limits: crate::unpack::Limits,
 }
 
 /// What happened.

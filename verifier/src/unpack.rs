@@ -10,6 +10,97 @@ use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
 const WHITEOUT: &str = ".wh.";
+
+/// Message of a job whose layers expand past the caps.
+pub const TOO_BIG: &str = "layer expands beyond the limit";
+
+/// Caps on what one job may unpack, across all its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of file content.
+    pub max_bytes: u64,
+    /// Tar entries.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 16 << 30,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// The part of [`Limits`] a job has used; shared by all its layers (and threads).
+#[derive(Debug)]
+pub struct Budget {
+    limits: Limits,
+    bytes: std::sync::atomic::AtomicU64,
+    entries: std::sync::atomic::AtomicU64,
+}
+
+/// The error of a layer that expands beyond the caps: the image's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{TOO_BIG} ({what})")]
+pub struct TooBig {
+    /// Which cap, and how far.
+    pub what: String,
+}
+
+impl Budget {
+    /// A fresh budget.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            bytes: 0.into(),
+            entries: 0.into(),
+        }
+    }
+
+    /// No caps.
+    pub fn unlimited() -> Self {
+        Self::new(Limits {
+            max_bytes: u64::MAX,
+            max_entries: u64::MAX,
+        })
+    }
+
+    /// Takes one entry of `size` content bytes, before anything of it is written.
+    pub fn take(&self, size: u64) -> std::result::Result<(), TooBig> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.entries.fetch_add(1, SeqCst).saturating_add(1);
+        if n > self.limits.max_entries {
+            return Err(TooBig {
+                what: format!("more than {} entries", self.limits.max_entries),
+            });
+        }
+        let b = self.bytes.fetch_add(size, SeqCst).saturating_add(size);
+        if b > self.limits.max_bytes {
+            return Err(TooBig {
+                what: format!("more than {} bytes", self.limits.max_bytes),
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes taken so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// True when `e` (anywhere in its chain) is the disk or a quota running full: the host's
+/// problem, not the image's.
+pub fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded
+                || matches!(io.raw_os_error(), Some(28) | Some(122))
+        })
+    })
+}
 const OPAQUE: &str = ".wh..wh..opq";
 
 /// How a layer is compressed, from its media type.
@@ -104,21 +195,31 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Applies one layer (a tar stream) to `root`. Returns the number of entries.
-pub fn apply_layer(root: &Path, layer: &Path, compression: Compression) -> Result<usize> {
+/// Applies one layer (a tar stream) to `root`, within `budget`. Returns the number of entries.
+pub fn apply_layer(
+    root: &Path,
+    layer: &Path,
+    compression: Compression,
+    budget: &Budget,
+) -> Result<usize> {
     let f = fs::File::open(layer).with_context(|| format!("opening {}", layer.display()))?;
     let r: Box<dyn Read> = match compression {
         Compression::None => Box::new(BufReader::new(f)),
         Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::new(f))),
     };
-    apply_tar(root, r)
+    apply_tar_within(root, r, budget)
 }
 
 /// A tar entry's (uid, gid).
 type Owner = (u64, u64);
 
-/// Applies a tar stream to `root`.
+/// Applies a tar stream to `root`, without caps.
 pub fn apply_tar(root: &Path, r: impl Read) -> Result<usize> {
+    apply_tar_within(root, r, &Budget::unlimited())
+}
+
+/// Applies a tar stream to `root`; every entry is taken from `budget` before it is written.
+pub fn apply_tar_within(root: &Path, r: impl Read, budget: &Budget) -> Result<usize> {
     let mut ar = tar::Archive::new(r);
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
@@ -132,6 +233,13 @@ pub fn apply_tar(root: &Path, r: impl Read) -> Result<usize> {
     for entry in ar.entries().context("reading the layer")? {
         let mut e = entry.context("reading a layer entry")?;
         n += 1;
+        let kind = e.header().entry_type();
+        let size = if kind.is_file() || kind == tar::EntryType::GNUSparse {
+            e.size()
+        } else {
+            0
+        };
+        budget.take(size)?;
         let raw = e.path().context("layer entry path")?.into_owned();
         let Some(rel) = clean(&raw)? else {
             continue;
@@ -162,7 +270,6 @@ pub fn apply_tar(root: &Path, r: impl Read) -> Result<usize> {
             continue;
         }
         let dest = root.join(&rel);
-        let kind = e.header().entry_type();
         let existing = fs::symlink_metadata(&dest).ok();
         if let Some(m) = &existing {
             // A directory stays a directory (its lower contents merge); anything else is

@@ -44,6 +44,26 @@ pub struct Config {
     pub wait_secs: u64,
     /// Override of the detected host os.version (for the HCS test double on Linux).
     pub os_version: Option<String>,
+    /// Most bytes of file content one job may unpack (all layers).
+    pub max_unpack_bytes: u64,
+    /// Most tar entries one job may unpack (all layers).
+    pub max_unpack_entries: u64,
+    /// Most bytes one job may download (config and layers).
+    pub max_pull_bytes: u64,
+    /// A blob download that sends nothing for this long fails.
+    pub blob_stall_secs: u64,
+    /// oci-runtime: first host uid/gid the image's ids are mapped to.
+    pub id_map_base: u32,
+    /// oci-runtime: how many ids are mapped.
+    pub id_map_size: u32,
+    /// oci-runtime: memory limit of a container, MiB.
+    pub memory_limit_mb: u64,
+    /// oci-runtime: most processes and threads of a container.
+    pub pids_limit: i64,
+    /// oci-runtime: CPUs of a container.
+    pub cpus: f64,
+    /// oci-runtime: mount the image's rootfs read-only.
+    pub readonly_rootfs: bool,
 }
 
 impl Default for Config {
@@ -54,7 +74,7 @@ impl Default for Config {
             password: None,
             password_file: None,
             name: String::new(),
-            work_dir: std::env::temp_dir().join("berth-verifier"),
+            work_dir: crate::workdir::default_dir(),
             concurrency: 1,
             runners: vec![if cfg!(windows) {
                 "hcs".into()
@@ -65,6 +85,16 @@ impl Default for Config {
             labels: BTreeMap::new(),
             wait_secs: 30,
             os_version: None,
+            max_unpack_bytes: 16 << 30,
+            max_unpack_entries: 1_000_000,
+            max_pull_bytes: 16 << 30,
+            blob_stall_secs: 60,
+            id_map_base: 0x6000_0000,
+            id_map_size: 65536,
+            memory_limit_mb: 1024,
+            pids_limit: 512,
+            cpus: 1.0,
+            readonly_rootfs: false,
         }
     }
 }
@@ -124,14 +154,16 @@ impl Worker {
         if cfg.concurrency == 0 {
             bail!("concurrency must be at least 1");
         }
-        std::fs::create_dir_all(&cfg.work_dir)
-            .with_context(|| format!("creating {}", cfg.work_dir.display()))?;
+        // The oci-runtime container runs as an unprivileged host uid that must reach its bundle.
+        let traversable = runners.iter().any(|r| r.name() == "oci-runtime");
+        crate::workdir::prepare(&cfg.work_dir, traversable)?;
         for r in &runners {
             r.sweep(&cfg.work_dir)
                 .await
                 .with_context(|| format!("cleaning up after earlier runs of {}", r.name()))?;
         }
-        let client = Client::new(&cfg.registry, cfg.username.clone(), cfg.secret()?)?;
+        let client = Client::new(&cfg.registry, cfg.username.clone(), cfg.secret()?)?
+            .with_blob_stall(Duration::from_secs(cfg.blob_stall_secs.max(1)));
         let mut isolation: Vec<Isolation> = Vec::new();
         for r in &runners {
             for i in r.isolation() {
@@ -220,6 +252,10 @@ impl Worker {
             a.attempt,
             uuid::Uuid::new_v4().simple()
         ));
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // Keep the lease alive while the job runs.
         let lost = Arc::new(AtomicBool::new(false));
         let beat = {
@@ -250,7 +286,15 @@ impl Worker {
                 }
             }
         };
-        let work = self.work(&a, &dir);
+        let work = async {
+            // Created fresh, never through a planted symlink.
+            if let Err(e) = crate::workdir::create_private(&self.cfg.work_dir, &name, 0o700)
+                .and_then(|d| crate::workdir::create_private(&d, "blobs", 0o700))
+            {
+                return Outcome::error(format!("creating the run directory: {e:#}"));
+            }
+            self.work(&a, &dir).await
+        };
         let outcome = tokio::select! {
             o = work => o,
             _ = beat => unreachable!("the heartbeat loop never ends"),
@@ -344,9 +388,6 @@ impl Worker {
                 };
             }
         }
-        if let Err(e) = tokio::fs::create_dir_all(dir.join("blobs")).await {
-            return Outcome::error(format!("creating {}: {e}", dir.display()));
-        }
         let t = Instant::now();
         let pulled = self.pull(a, dir).await;
         let pull_ms = crate::runner::ms(t.elapsed());
@@ -354,6 +395,11 @@ impl Worker {
             Ok(x) => x,
             Err(e) => {
                 let mut o = Outcome::error(format!("pull failed: {e:#}"));
+                if let Some(t) = e.chain().find_map(|c| c.downcast_ref::<PullTooBig>()) {
+                    // The image's size, not the host: not retried.
+                    o.status = JobState::Failed;
+                    o.message = t.to_string();
+                }
                 o.timings.pull_ms = pull_ms;
                 return o;
             }
@@ -389,6 +435,10 @@ impl Worker {
             user: cfg["User"].as_str().unwrap_or("").to_owned(),
             timeout: Duration::from_secs(a.timeout_secs.max(1)),
             dir: dir.to_path_buf(),
+            limits: crate::unpack::Limits {
+                max_bytes: self.cfg.max_unpack_bytes,
+                max_entries: self.cfg.max_unpack_entries,
+            },
         };
         let mut o = runner.run(req).await;
         o.timings.pull_ms = pull_ms;
@@ -455,6 +505,19 @@ impl Worker {
             .config
             .clone()
             .ok_or_else(|| anyhow!("manifest {digest} has no config"))?;
+        let mut pulled = 0u64;
+        let cap = self.cfg.max_pull_bytes;
+        let mut take = |what: &Digest, size: u64| -> Result<()> {
+            pulled = pulled.saturating_add(size);
+            if pulled > cap {
+                return Err(PullTooBig(format!(
+                    "the image is larger than the worker's pull cap of {cap} bytes (at {what})"
+                ))
+                .into());
+            }
+            Ok(())
+        };
+        take(&cfg_desc.digest, cfg_desc.size as u64)?;
         let cfg_path = dir.join("blobs").join(cfg_desc.digest.hex());
         self.client
             .blob_to_file(repo, &cfg_desc.digest, cfg_desc.size as u64, &cfg_path)
@@ -479,6 +542,7 @@ impl Worker {
             if berth_oci::media_type::is_foreign_layer(&l.media_type) && l.urls.is_some() {
                 bail!("foreign layer {} is not fetched by this worker", l.digest);
             }
+            take(&l.digest, l.size as u64)?;
             let path = dir.join("blobs").join(l.digest.hex());
             let size = self
                 .client
@@ -504,6 +568,12 @@ impl Worker {
         ))
     }
 }
+
+/// An image larger than the worker's pull cap (its descriptors say so before a byte of it is
+/// downloaded).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PullTooBig(String);
 
 fn platform_line(p: &Platform) -> String {
     let mut s = format!("{}/{}", p.os, p.architecture);

@@ -143,6 +143,7 @@ impl Case {
             working_dir: r"C:\app".into(),
             user: "ContainerUser".into(),
             timeout,
+            limits: Default::default(),
         }
     }
 

@@ -257,6 +257,10 @@ pub struct Check {
     /// The referrer carrying the result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
+    /// While a re-queued check runs again: how its previous run ended. A previous pass keeps
+    /// satisfying the gate until the new result arrives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<String>,
 }
 
 impl Check {
@@ -270,6 +274,9 @@ impl Check {
         );
         s.push_str(": ");
         s.push_str(&self.state);
+        if let Some(l) = &self.last_state {
+            s.push_str(&format!(" (last result: {l})"));
+        }
         if self.simulated {
             s.push_str(" (simulated: does not count)");
         }
@@ -615,7 +622,16 @@ impl Registry {
                     host_build: j.host_build.clone(),
                     required,
                     state: r.state.as_str().to_owned(),
-                    satisfied: r.state == JobState::Passed && !r.simulated,
+                    // A re-queued pass counts until the new result replaces it.
+                    satisfied: (r.state == JobState::Passed
+                        || (matches!(r.state, JobState::Queued | JobState::Running)
+                            && r.last_state == Some(JobState::Passed)))
+                        && !r.simulated,
+                    last_state: if matches!(r.state, JobState::Queued | JobState::Running) {
+                        r.last_state.map(|s| s.as_str().to_owned())
+                    } else {
+                        None
+                    },
                     job: Some(r.id),
                     simulated: r.simulated,
                     exit_code: r.exit_code,
@@ -641,6 +657,7 @@ impl Registry {
                     message: j.message.clone(),
                     attempts: 0,
                     result: None,
+                    last_state: None,
                 },
             };
             checks.push(check);
@@ -660,16 +677,19 @@ impl Registry {
                 message: reason,
                 attempts: 0,
                 result: None,
+                last_state: None,
             });
         }
         let req: Vec<&Check> = checks.iter().filter(|c| c.required).collect();
         let passed = req.iter().filter(|c| c.satisfied).count();
-        let pending = req
-            .iter()
-            .filter(|c| matches!(c.state.as_str(), "queued" | "running" | "missing"))
-            .count();
+        let is_pending = |c: &&&Check| matches!(c.state.as_str(), "queued" | "running" | "missing");
+        let pending = req.iter().filter(is_pending).count();
         let required = req.len();
-        let failed = required - passed - pending;
+        // A re-queued pass is both satisfied and pending: failed counts neither.
+        let failed = req
+            .iter()
+            .filter(|c| !c.satisfied && !is_pending(c))
+            .count();
         Ok(Status {
             repository: repo.to_owned(),
             digest: digest.clone(),

@@ -72,6 +72,9 @@ pub struct JobRow {
     pub simulated: bool,
     /// Digest of the result referrer.
     pub result_digest: Option<String>,
+    /// While a re-queued job runs again: the state its previous run ended in (with its
+    /// `simulated`, `exit_code` and `result_digest`, which stay until the new result).
+    pub last_state: Option<JobState>,
 }
 
 /// A job to enqueue.
@@ -168,7 +171,7 @@ pub enum Finished {
 const JOB_COLS: &str = "id, repository, digest, index_digest, platform, isolation, host_build, \
     policy, probe, timeout_secs, state, attempts, max_attempts, not_before, lease, lease_worker, \
     lease_expires, created_at, updated_at, finished_at, exit_code, message, log_tail, timings, \
-    runner, host, simulated, result_digest";
+    runner, host, simulated, result_digest, last_state";
 
 /// The claimable condition, with `$now` bound at the given position.
 fn claimable(now: &str) -> String {
@@ -222,6 +225,11 @@ fn job_from_row(r: &SqliteRow) -> Result<JobRow> {
         host: r.try_get("host")?,
         simulated: r.try_get::<i64, _>("simulated")? != 0,
         result_digest: r.try_get("result_digest")?,
+        last_state: {
+            let s: Option<String> = r.try_get("last_state")?;
+            s.map(|s| JobState::parse(&s).ok_or_else(|| corrupt("last_state", &s)))
+                .transpose()?
+        },
     })
 }
 
@@ -249,7 +257,10 @@ impl Meta {
                  probe = excluded.probe, timeout_secs = excluded.timeout_secs, policy = excluded.policy, \
                  max_attempts = excluded.max_attempts, lease = NULL, lease_worker = NULL, \
                  lease_expires = NULL, finished_at = excluded.finished_at, message = excluded.message, \
-                 updated_at = excluded.updated_at \
+                 updated_at = excluded.updated_at, \
+                 last_state = CASE WHEN excluded.state <> 'queued' THEN NULL \
+                   WHEN verify_jobs.state IN ('passed', 'failed', 'error', 'incompatible') THEN verify_jobs.state \
+                   ELSE verify_jobs.last_state END \
                  WHERE verify_jobs.state <> 'running'"
             } else {
                 "ON CONFLICT (repository, digest, isolation, host_build) DO NOTHING"
@@ -293,7 +304,7 @@ impl Meta {
         let now = now_secs();
         let mut tx = WriteTx::begin(&self.write).await?;
         let n = sqlx::query(
-            "UPDATE verify_jobs SET state = 'error', finished_at = $1, updated_at = $1, \
+            "UPDATE verify_jobs SET state = 'error', finished_at = $1, updated_at = $1, last_state = NULL, \
              message = 'the worker stopped sending heartbeats on every attempt' \
              WHERE state = 'running' AND lease_expires < $1 AND attempts >= max_attempts",
         )
@@ -401,7 +412,8 @@ impl Meta {
         let sql = format!(
             "UPDATE verify_jobs SET state = $1, exit_code = $2, message = $3, log_tail = $4, \
              timings = $5, runner = $6, host = $7, simulated = $8, finished_at = $9, updated_at = $9, \
-             lease_expires = NULL WHERE id = $10 AND lease = $11 AND state = 'running' \
+             lease_expires = NULL, last_state = NULL \
+             WHERE id = $10 AND lease = $11 AND state = 'running' \
              AND lease_expires >= $9 RETURNING {JOB_COLS}"
         );
         let row = sqlx::query(&sql)
@@ -454,6 +466,7 @@ impl Meta {
             "UPDATE verify_jobs SET \
              state = CASE WHEN attempts >= max_attempts THEN 'error' ELSE 'queued' END, \
              finished_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE NULL END, \
+             last_state = CASE WHEN attempts >= max_attempts THEN NULL ELSE last_state END, \
              not_before = $2, message = $3, updated_at = $1, lease_expires = NULL \
              WHERE id = $4 AND lease = $5 AND state = 'running' AND lease_expires >= $1 \
              RETURNING {JOB_COLS}"

@@ -221,15 +221,18 @@ impl<A: HcsApi> HcsRunner<A> {
         let t0 = Instant::now();
         let mut folders: Vec<PathBuf> = Vec::new();
         let mut uvm_layer: Option<PathBuf> = None;
+        let budget = Arc::new(crate::unpack::Budget::new(req.limits));
         for (i, layer) in req.image.layers.iter().enumerate() {
             let folder = layer_folder(&dir, i, &layer.digest);
             let (l, f) = (layer.clone(), folder.clone());
+            let b = budget.clone();
             if i == 0 {
-                let u =
-                    tokio::task::spawn_blocking(move || unpack::unpack_layer(&l, &f, Target::Base))
-                        .await
-                        .map_err(|e| Stop::Host(format!("unpack task: {e}")))?
-                        .map_err(Stop::Unpack)?;
+                let u = tokio::task::spawn_blocking(move || {
+                    unpack::unpack_layer(&l, &f, Target::Base, &b)
+                })
+                .await
+                .map_err(|e| Stop::Host(format!("unpack task: {e}")))?
+                .map_err(Stop::Unpack)?;
                 if !u.looks_like_base {
                     return Err(Stop::Image(format!(
                         "layer 1 ({}) is not a Windows base layer: no Files/Windows/System32/config/SYSTEM",
@@ -259,7 +262,7 @@ impl<A: HcsApi> HcsRunner<A> {
                 let src = dir.join("import").join(format!("{i:02}"));
                 let s2 = src.clone();
                 let u = tokio::task::spawn_blocking(move || {
-                    unpack::unpack_layer(&l, &s2, Target::Import)
+                    unpack::unpack_layer(&l, &s2, Target::Import, &b)
                 })
                 .await
                 .map_err(|e| Stop::Host(format!("unpack task: {e}")))?

@@ -146,10 +146,16 @@ pub fn open_layer(layer: &Layer) -> Result<Box<dyn Read + Send>, UnpackError> {
     })
 }
 
-/// Unpacks `layer` into `dest` (created if missing) for `target`.
-pub fn unpack_layer(layer: &Layer, dest: &Path, target: Target) -> Result<Unpacked, UnpackError> {
+/// Unpacks `layer` into `dest` (created if missing) for `target`, every entry taken from the
+/// job's `budget` before it is written.
+pub fn unpack_layer(
+    layer: &Layer,
+    dest: &Path,
+    target: Target,
+    budget: &crate::unpack::Budget,
+) -> Result<Unpacked, UnpackError> {
     let reader = open_layer(layer)?;
-    unpack_tar(reader, dest, target).map_err(|e| match e {
+    unpack_tar_within(reader, dest, target, budget).map_err(|e| match e {
         Failure::Invalid(reason) => UnpackError::Invalid {
             digest: layer.digest.clone(),
             reason,
@@ -191,13 +197,33 @@ fn copy_entry(from: &mut impl Read, to: &mut impl io::Write) -> Result<(), Failu
     }
 }
 
-/// Unpacks a tar stream into `dest` for `target` (see the module docs).
+/// Unpacks a tar stream into `dest` for `target` (see the module docs), without caps.
 pub fn unpack_tar(reader: impl Read, dest: &Path, target: Target) -> Result<Unpacked, Failure> {
+    unpack_tar_within(reader, dest, target, &crate::unpack::Budget::unlimited())
+}
+
+/// [`unpack_tar`] within `budget` (the job's unpack caps, across its layers).
+pub fn unpack_tar_within(
+    reader: impl Read,
+    dest: &Path,
+    target: Target,
+    budget: &crate::unpack::Budget,
+) -> Result<Unpacked, Failure> {
     fs::create_dir_all(dest).map_err(Failure::Io)?;
     let mut out = Unpacked::default();
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
         let mut entry = entry?;
+        let size = if entry.header().entry_type().is_file()
+            || entry.header().entry_type() == tar::EntryType::GNUSparse
+        {
+            entry.size()
+        } else {
+            0
+        };
+        budget
+            .take(size)
+            .map_err(|e| Failure::Invalid(e.to_string()))?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8(raw)
             .map_err(|_| Failure::Invalid("entry name is not UTF-8".into()))?;
@@ -385,6 +411,30 @@ mod tests {
         assert!(u.looks_like_base && u.has_utility_vm);
         assert!(!dir.path().join("Hives").exists());
         assert_eq!(u.skipped, 1);
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_cap() {
+        // 64 MiB of zeros in one file: a few KB of gzip.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(64 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "Files/zeros", io::repeat(0).take(64 << 20))
+            .unwrap();
+        let t = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let budget = crate::unpack::Budget::new(crate::unpack::Limits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        });
+        let e = unpack_tar_within(&t[..], dir.path(), Target::Import, &budget).unwrap_err();
+        assert!(
+            matches!(&e, Failure::Invalid(m) if m.contains("layer expands beyond the limit")),
+            "{e:?}"
+        );
+        assert!(!dir.path().join("Files/zeros").exists());
     }
 
     #[test]
