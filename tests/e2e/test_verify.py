@@ -131,9 +131,10 @@ def image_parts(cmd, arch="amd64", entrypoint=None, user=None, nonce=None):
 # ---------------------------------------------------------------- the setup
 
 class Verifier:
-    def __init__(self, reg, name, robot, work_dir, extra=(), runner="oci-runtime"):
+    def __init__(self, reg, name, robot, work_dir, extra=(), runner="oci-runtime", env=None):
         self.reg, self.name, self.robot, self.work_dir = reg, name, robot, pathlib.Path(work_dir)
         self.extra = list(extra)
+        self.env = dict(env or {})
         self.runner = runner
         self.proc = None
         self.log = []
@@ -143,7 +144,7 @@ class Verifier:
         args = [VERIFIER_BIN, "run", "--registry", self.reg.url, "--username", self.robot.username,
                 "--password", self.robot.secret, "--name", self.name, "--work-dir", str(self.work_dir),
                 "--runner", self.runner, "--wait-secs", "5", *self.extra]
-        env = dict(os.environ, RUST_LOG="info")
+        env = dict(os.environ, RUST_LOG="info", **self.env)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         assert line.startswith("registered as worker "), (line, self.proc.stderr.read() if self.proc.poll() is not None else "")

@@ -544,7 +544,9 @@ def test_stalled_blob_download_fails_after_the_stall_timeout(env):
         b = fresh_base()
         env.bases.append(b)
         w = Verifier(type("R", (), {"url": proxy.url})(), "sbx-stall", env.robot, b / "work",
-                     extra=["--blob-stall-secs", "2"]).start()
+                     extra=["--blob-stall-secs", "2"],
+                     # The proxy is another origin than the registry's token realm.
+                     env={"BERTH_VERIFIER_TRUSTED_REALMS": env.reg.url}).start()
         env.workers.append(w)
         t0 = time.time()
         push_image(env, "sbx/stall", "candidate", ["true"], layers=(BASE, big))
