@@ -12,6 +12,7 @@ pub mod media_type;
 pub mod name;
 pub mod pattern;
 pub mod platform;
+pub mod range;
 pub mod reference;
 pub mod verify;
 

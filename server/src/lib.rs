@@ -282,8 +282,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         // Graceful shutdown waits for requests in flight, but not for ever: a client
         // streaming a large upload must not keep the process alive past the deadline.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, PerConnection(app))
-        .with_graceful_shutdown(async move {
+        let server = axum::serve(listener, PerConnection(app)).with_graceful_shutdown(async move {
             shutdown_signal().await;
             let _ = stop_tx.send(());
         });

@@ -84,7 +84,11 @@ async fn issue(
                 .map_err(|e| ApiError::Internal(e.into()))?;
             match refresh {
                 Refresh::Rotate(old) => {
-                    if !a.meta.rotate_refresh_token(old, &key, (&c.jti, c.exp)).await? {
+                    if !a
+                        .meta
+                        .rotate_refresh_token(old, &key, (&c.jti, c.exp))
+                        .await?
+                    {
                         return Err(revoked());
                     }
                 }
