@@ -697,3 +697,35 @@ async fn wait_with_deadline(
     })?;
     Ok((res, timed_out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn working_dirs_are_resolved_inside_the_rootfs() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("srv/app")).unwrap();
+        std::os::unix::fs::symlink("/srv", r.join("data")).unwrap();
+        std::os::unix::fs::symlink("../../../../proc/self/fd/7", r.join("srv/evil")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/cwd", r.join("app")).unwrap();
+        std::fs::write(r.join("file"), b"x").unwrap();
+        assert_eq!(check_working_dir(r, "").unwrap(), "/");
+        assert_eq!(check_working_dir(r, "/data/app").unwrap(), "/srv/app");
+        assert_eq!(
+            check_working_dir(r, "/missing/dir").unwrap(),
+            "/missing/dir"
+        );
+        for bad in [
+            "/proc/self/fd/7",
+            "/app",
+            "/srv/evil",
+            "/../etc",
+            "rel",
+            "/file",
+        ] {
+            assert!(check_working_dir(r, bad).is_err(), "{bad}");
+        }
+    }
+}

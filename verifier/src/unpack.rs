@@ -174,6 +174,7 @@ fn parent_inside(root: &Path, rel: &Path) -> Result<()> {
 
 /// True when `rel` and every directory above it, under `root`, is a real directory (no
 /// symlink anywhere on the way).
+#[cfg(unix)]
 fn real_dir_inside(root: &Path, rel: &Path) -> bool {
     let mut cur = root.to_path_buf();
     for c in rel.components() {
