@@ -9,8 +9,8 @@ use base64::Engine;
 use berth_auth::scope::covers;
 use berth_auth::{Action, Authorizer, Claims, KeySet, Principal};
 use berth_oci::{ErrorCode, RepoPattern};
-use std::collections::HashMap;
 use berth_storage::meta::Meta;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -184,7 +184,7 @@ impl AuthState {
         let limit = cfg.failed_login_limit.max(1);
         Ok(Self {
             keys,
-            authorizer: Authorizer::new(meta.clone(), public),
+            authorizer: Authorizer::with_verify_threads(meta.clone(), public, max_logins),
             limiter: Limiter {
                 per_account: limit,
                 per_ip: limit.saturating_mul(10),
@@ -409,7 +409,7 @@ pub fn busy() -> ApiError {
         ErrorCode::TooManyRequests,
         "too many logins in progress; try again shortly",
     )
-    .header("retry-after", "1")
+    .header("retry-after", "1".to_owned())
 }
 
 /// A 401 for bad credentials at the token endpoint.

@@ -232,8 +232,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             .context("setting up token authentication")?,
         )),
     };
-    if auth.is_some() {
-        berth_auth::Authorizer::warm_up().await;
+    if let Some(a) = &auth {
+        a.authorizer.warm_up().await;
         if cfg.auth.realm.is_empty() && addr.ip().is_unspecified() {
             tracing::info!(
                 "auth.realm is not set: challenges name the local address each client connected to; \
@@ -282,8 +282,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         // Graceful shutdown waits for requests in flight, but not for ever: a client
         // streaming a large upload must not keep the process alive past the deadline.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, PerConnection(app))
-        .with_graceful_shutdown(async move {
+        let server = axum::serve(listener, PerConnection(app)).with_graceful_shutdown(async move {
             shutdown_signal().await;
             let _ = stop_tx.send(());
         });

@@ -118,7 +118,10 @@ impl Who {
                         x.kind == "repository" && x.name == repo && covers(&x.action_set(), action)
                     })
                     || (action == Action::Pull
-                        && self.auth.as_ref().is_some_and(|a| a.authorizer.public(repo)))
+                        && self
+                            .auth
+                            .as_ref()
+                            .is_some_and(|a| a.authorizer.public(repo)))
             }
         };
         by_rules && by_token
@@ -169,7 +172,9 @@ pub(crate) async fn require_admin(
     let who = who(st, headers, peer).await?;
     if who.is_admin() {
         Ok(())
-    } else if who.token.is_some() && matches!(who.principal, Some(Principal::User { admin: true, .. })) {
+    } else if who.token.is_some()
+        && matches!(who.principal, Some(Principal::User { admin: true, .. }))
+    {
         Err(ApiError::oci(
             ErrorCode::Denied,
             "admin rights required: this token was not granted registry:admin:*",

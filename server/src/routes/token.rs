@@ -36,6 +36,7 @@ fn refresh_key(p: &Principal) -> Option<String> {
 }
 
 /// What a token answer carries besides the access token.
+#[derive(Clone, Copy)]
 enum Refresh<'a> {
     /// No refresh token.
     None,
@@ -84,7 +85,11 @@ async fn issue(
                 .map_err(|e| ApiError::Internal(e.into()))?;
             match refresh {
                 Refresh::Rotate(old) => {
-                    if !a.meta.rotate_refresh_token(old, &key, (&c.jti, c.exp)).await? {
+                    if !a
+                        .meta
+                        .rotate_refresh_token(old, &key, (&c.jti, c.exp))
+                        .await?
+                    {
                         return Err(revoked());
                     }
                 }
