@@ -6,6 +6,7 @@ use crate::scope::{Access, Action, Scope};
 use berth_oci::RepoPattern;
 use berth_storage::meta::{Meta, Permission};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// The prefix of robot account names.
 pub const ROBOT_PREFIX: &str = "robot$";
@@ -92,15 +93,81 @@ impl Rules {
 pub struct Authorizer {
     meta: Meta,
     anonymous_pull: Vec<RepoPattern>,
+    pool: Arc<VerifyPool>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads for argon2 verifications. Each verification allocates ~19 MiB; on
+/// tokio's blocking pool every thread keeps its own allocator arena, so hundreds of logins
+/// spread over hundreds of threads would keep hundreds of those blocks resident. A few
+/// dedicated threads reuse theirs. Callers bound the queue (berth-server's login semaphore).
+struct VerifyPool {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl VerifyPool {
+    fn new(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("berth-argon2-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let g = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        match g.recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        }
+                    };
+                    job();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start a password-verification thread");
+            }
+        }
+        Self { tx }
+    }
+
+    /// Runs `f` on a pool thread; `None` if the pool is gone.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (otx, orx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = otx.send(f());
+        });
+        self.tx.send(job).ok()?;
+        orx.await.ok()
+    }
 }
 
 impl Authorizer {
-    /// An authorizer over the metadata, with the configured public patterns.
+    /// An authorizer over the metadata, with the configured public patterns; argon2 runs on
+    /// as many dedicated threads as there are CPUs.
     pub fn new(meta: Meta, anonymous_pull: Vec<RepoPattern>) -> Self {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self::with_verify_threads(meta, anonymous_pull, n)
+    }
+
+    /// The same with `threads` password-verification threads.
+    pub fn with_verify_threads(
+        meta: Meta,
+        anonymous_pull: Vec<RepoPattern>,
+        threads: usize,
+    ) -> Self {
         Self {
             meta,
             anonymous_pull,
+            pool: Arc::new(VerifyPool::new(threads)),
         }
+    }
+
+    async fn verify_blocking(&self, secret: String, hash: String) -> bool {
+        self.pool
+            .run(move || password::verify(&secret, &hash))
+            .await
+            .unwrap_or(false)
     }
 
     /// Checks a username and password (or `robot$name` and secret). `None` when they are
@@ -120,19 +187,21 @@ impl Authorizer {
                 .await?
                 .filter(|r| r.expires_at.is_none_or(|e| e > berth_storage::now_secs()));
             let Some(r) = live else {
-                let _ = verify_blocking(secret.to_owned(), dummy_hash()).await;
+                let _ = self.verify_blocking(secret.to_owned(), dummy_hash()).await;
                 return Ok(None);
             };
-            let ok = verify_blocking(secret.to_owned(), r.secret_hash).await;
+            let ok = self.verify_blocking(secret.to_owned(), r.secret_hash).await;
             return Ok(ok.then(|| Principal::Robot {
                 name: robot.to_owned(),
             }));
         }
         let Some(u) = self.meta.user(username).await? else {
-            let _ = verify_blocking(secret.to_owned(), dummy_hash()).await;
+            let _ = self.verify_blocking(secret.to_owned(), dummy_hash()).await;
             return Ok(None);
         };
-        let ok = verify_blocking(secret.to_owned(), u.password_hash).await;
+        let ok = self
+            .verify_blocking(secret.to_owned(), u.password_hash)
+            .await;
         Ok(ok.then_some(Principal::User {
             name: u.name,
             admin: u.admin,
@@ -179,8 +248,8 @@ impl Authorizer {
     }
 
     /// Computes the dummy hash unknown names are checked against (call once at start).
-    pub async fn warm_up() {
-        let _ = tokio::task::spawn_blocking(dummy_hash).await;
+    pub async fn warm_up(&self) {
+        let _ = self.pool.run(dummy_hash).await;
     }
 
     /// Whether anonymous callers may pull `repo` (no token needed).
@@ -263,11 +332,4 @@ fn dummy_hash() -> String {
     static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     H.get_or_init(|| password::hash("berth-dummy-password").unwrap_or_default())
         .clone()
-}
-
-async fn verify_blocking(secret: String, hash: String) -> bool {
-    // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-    tokio::task::spawn_blocking(move || password::verify(&secret, &hash))
-        .await
-        .unwrap_or(false)
 }

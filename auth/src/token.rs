@@ -350,10 +350,8 @@ mod tests {
             let x = B64.decode(corp.jwk["x"].as_str().unwrap()).unwrap();
             let y = B64.decode(corp.jwk["y"].as_str().unwrap()).unwrap();
             // SubjectPublicKeyInfo for a P-256 point: fixed prefix + 04 || x || y.
-            let mut der = hex::decode(
-                "3059301306072a8648ce3d020106082a8648ce3d030107034200",
-            )
-            .unwrap();
+            let mut der =
+                hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
             der.push(4);
             der.extend(x);
             der.extend(y);
@@ -363,6 +361,9 @@ mod tests {
         let (tok, _) = corp.issue("admin", "berth", vec![], 300, true).unwrap();
         assert!(ks2.verify(&tok, "berth", true).is_err());
         let (tok, _) = corp.issue("ext", "berth", vec![], 300, false).unwrap();
-        assert!(ks2.verify(&tok, "berth", false).is_ok(), "the PEM key is trusted");
+        assert!(
+            ks2.verify(&tok, "berth", false).is_ok(),
+            "the PEM key is trusted"
+        );
     }
 }

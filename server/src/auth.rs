@@ -184,7 +184,7 @@ impl AuthState {
         let limit = cfg.failed_login_limit.max(1);
         Ok(Self {
             keys,
-            authorizer: Authorizer::new(meta.clone(), public),
+            authorizer: Authorizer::with_verify_threads(meta.clone(), public, max_logins),
             limiter: Limiter {
                 per_account: limit,
                 per_ip: limit.saturating_mul(10),

@@ -232,8 +232,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             .context("setting up token authentication")?,
         )),
     };
-    if auth.is_some() {
-        berth_auth::Authorizer::warm_up().await;
+    if let Some(a) = &auth {
+        a.authorizer.warm_up().await;
         if cfg.auth.realm.is_empty() && addr.ip().is_unspecified() {
             tracing::info!(
                 "auth.realm is not set: challenges name the local address each client connected to; \

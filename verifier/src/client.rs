@@ -404,8 +404,16 @@ mod tests {
     fn credentials_go_only_to_the_registrys_own_realm() {
         let u = |s: &str| Url::parse(s).unwrap();
         let base = u("http://127.0.0.1:5000");
-        assert!(realm_gets_credentials(&base, &u("http://127.0.0.1:5000/auth/token"), &[]));
-        assert!(realm_gets_credentials(&u("https://Reg.example"), &u("https://reg.example:443/t"), &[]));
+        assert!(realm_gets_credentials(
+            &base,
+            &u("http://127.0.0.1:5000/auth/token"),
+            &[]
+        ));
+        assert!(realm_gets_credentials(
+            &u("https://Reg.example"),
+            &u("https://reg.example:443/t"),
+            &[]
+        ));
         for evil in [
             "http://evil.example/auth/token",
             "http://127.0.0.1:5001/auth/token",
@@ -415,8 +423,16 @@ mod tests {
             assert!(!realm_gets_credentials(&base, &u(evil), &[]), "{evil}");
         }
         let trusted = [u("https://auth.example.com")];
-        assert!(realm_gets_credentials(&base, &u("https://auth.example.com/token"), &trusted));
-        assert!(!realm_gets_credentials(&base, &u("http://auth.example.com/token"), &trusted));
+        assert!(realm_gets_credentials(
+            &base,
+            &u("https://auth.example.com/token"),
+            &trusted
+        ));
+        assert!(!realm_gets_credentials(
+            &base,
+            &u("http://auth.example.com/token"),
+            &trusted
+        ));
     }
 
     /// The real client against a registry that challenges with a foreign realm: the token

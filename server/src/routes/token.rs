@@ -36,6 +36,7 @@ fn refresh_key(p: &Principal) -> Option<String> {
 }
 
 /// What a token answer carries besides the access token.
+#[derive(Clone, Copy)]
 enum Refresh<'a> {
     /// No refresh token.
     None,

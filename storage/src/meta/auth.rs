@@ -276,12 +276,11 @@ impl Meta {
 
 /// Marks every refresh token of `principal` revoked.
 async fn revoke_tx(tx: &mut WriteTx, principal: &str) -> Result<u64> {
-    let r = sqlx::query(
-        "UPDATE refresh_tokens SET revoked = 1 WHERE principal = $1 AND revoked = 0",
-    )
-    .bind(principal)
-    .execute(&mut **tx)
-    .await?;
+    let r =
+        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE principal = $1 AND revoked = 0")
+            .bind(principal)
+            .execute(&mut **tx)
+            .await?;
     Ok(r.rows_affected())
 }
 
