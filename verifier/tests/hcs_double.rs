@@ -215,6 +215,7 @@ async fn process_isolation_passes_with_the_full_call_sequence() {
         vec![
             SetupBaseOsLayer,
             ImportLayer,
+            MountSandboxVhd,
             InitializeWritableLayer,
             AttachLayerStorageFilter,
             CreateComputeSystem,
@@ -225,6 +226,7 @@ async fn process_isolation_passes_with_the_full_call_sequence() {
             TerminateComputeSystem,
             CloseComputeSystem,
             DetachLayerStorageFilter,
+            DetachSandboxVhd,
             DestroyLayer,
             DestroyLayer,
             DestroyLayer,
@@ -237,10 +239,13 @@ async fn process_isolation_passes_with_the_full_call_sequence() {
     let import = &calls[1];
     assert!(import.args[0].ends_with("01-") || import.args[0].contains("layers"));
     assert!(import.args[2].contains(&calls[0].args[0].replace('\\', "\\\\")));
-    // Cleanup destroys the scratch first, then the layers from the top.
-    assert!(calls[12].args[0].ends_with("scratch"));
-    assert!(calls[13].args[0].contains("01-"));
-    assert!(calls[14].args[0].contains("00-"));
+    // Cleanup: the filter comes off the sandbox volume before the disk is detached, then the
+    // scratch folder is destroyed first, then the layers from the top.
+    assert!(calls[12].args[0].starts_with(r"\\?\Volume{"));
+    assert!(calls[13].args[0].ends_with("sandbox.vhdx"));
+    assert!(calls[14].args[0].ends_with("scratch"));
+    assert!(calls[15].args[0].contains("01-"));
+    assert!(calls[16].args[0].contains("00-"));
     // The documents: container with both layers topmost first, the probe's command line.
     let docs = d.documents();
     let (op, sys) = &docs[0];
@@ -433,8 +438,22 @@ async fn infrastructure_errors_while_importing_are_retried_and_cleaned() {
         )],
         ..Script::default()
     });
+    // The runner writes the import source itself: HCS refusing it is never the image's fault
+    // (issue 19).
     let o = run(&r, &req).await;
-    assert_eq!(o.status, JobState::Failed, "{o:?}");
+    assert_eq!(o.status, JobState::Error, "{o:?}");
+    assert_clean(&d, &req);
+
+    let (d, r) = runner(Script {
+        failures: vec![(
+            Op::ImportLayer,
+            hresult::E_INVALID_DATA,
+            "The data is invalid.".into(),
+        )],
+        ..Script::default()
+    });
+    let o = run(&r, &req).await;
+    assert_eq!(o.status, JobState::Error, "{o:?}");
     assert_clean(&d, &req);
 }
 
@@ -450,12 +469,14 @@ async fn hyperv_boots_the_utility_vm_of_the_base_layer() {
         d.ops(),
         vec![
             SetupBaseOsLayer,
-            SetupBaseOsLayer,
             ImportLayer,
-            CreateScratchVhd,
+            SetupBaseOsLayer,
+            CreateUvmScratch,
             CreateScratchVhd,
             CreateComputeSystem,
             StartComputeSystem,
+            ModifyComputeSystem,
+            ModifyComputeSystem,
             CreateComputeSystem,
             StartComputeSystem,
             CreateProcess,
@@ -470,8 +491,8 @@ async fn hyperv_boots_the_utility_vm_of_the_base_layer() {
         ]
     );
     let calls = d.calls();
-    assert!(calls[1].args[0].ends_with("UtilityVM"));
-    assert!(calls[1].args[2].contains(r#""Type":"Vm""#));
+    assert!(calls[2].args[0].ends_with("UtilityVM"));
+    assert!(calls[2].args[2].contains(r#""Type":"Vm""#));
     let docs = d.documents();
     let vm = &docs[0].1["VirtualMachine"];
     let os = vm["Devices"]["VirtualSmb"]["Shares"][0].clone();
@@ -483,10 +504,10 @@ async fn hyperv_boots_the_utility_vm_of_the_base_layer() {
         "the base layer's UtilityVM"
     );
     assert_eq!(vm["Chipset"]["Uefi"]["BootThis"]["DeviceType"], "VmbFs");
-    let hosted = &docs[1].1;
+    let hosted = &docs[3].1;
     assert_eq!(hosted["HostingSystemId"], "berth-w1-42-1-uvm");
     assert_eq!(calls[5].args[0], "berth-w1-42-1-uvm");
-    assert_eq!(calls[7].args[0], "berth-w1-42-1");
+    assert_eq!(calls[9].args[0], "berth-w1-42-1");
     let layers = hosted["HostedSystem"]["Container"]["Storage"]["Layers"]
         .as_array()
         .unwrap();
@@ -496,8 +517,8 @@ async fn hyperv_boots_the_utility_vm_of_the_base_layer() {
         .unwrap()
         .starts_with(r"\\?\VMSMB\"));
     // The container stops before its utility VM.
-    assert_eq!(calls[12].args, calls[8].args);
-    assert_eq!(calls[14].args, calls[6].args);
+    assert_eq!(calls[14].args, calls[10].args);
+    assert_eq!(calls[16].args, calls[6].args);
     assert_clean(&d, &req);
 }
 
@@ -593,7 +614,7 @@ async fn sweep_cleans_up_after_a_crashed_run() {
     assert_eq!(
         swept,
         vec![
-            Op::DetachLayerStorageFilter,
+            Op::DetachSandboxVhd,
             Op::DestroyLayer,
             Op::DestroyLayer,
             Op::DestroyLayer
@@ -655,7 +676,8 @@ fn the_double_refuses_what_hcs_would_refuse() {
     assert!(d.initialize_writable_layer(&scratch, &data, "").is_err());
     assert_eq!(d.violations().len(), 4, "{:?}", d.violations());
 
-    // Now in order: base layer, writable layer, filter, system; then close twice.
+    // Now in order: base layer, sandbox volume, writable layer, filter, system; then close
+    // twice.
     std::fs::create_dir_all(layer.join("Files")).unwrap();
     d.setup_base_os_layer(
         &layer,
@@ -663,15 +685,353 @@ fn the_double_refuses_what_hcs_would_refuse() {
         r#"{"Type":"Container"}"#,
     )
     .unwrap();
+    // A folder as the process container's Storage.Path is refused (hcsdoc_wcow.go).
     d.initialize_writable_layer(&scratch, &data, "").unwrap();
     d.attach_layer_storage_filter(&scratch, &data).unwrap();
+    let e = d.create_compute_system("c3", &container).unwrap_err();
+    assert!(e.message.contains("volume GUID path"), "{e}");
+    d.detach_layer_storage_filter(&scratch).unwrap();
+    let volume = d
+        .mount_sandbox_vhd(&scratch.join("sandbox.vhdx"), 20)
+        .unwrap();
+    let vpath = std::path::PathBuf::from(&volume);
+    d.initialize_writable_layer(&vpath, &data, "").unwrap();
+    d.attach_layer_storage_filter(&vpath, &data).unwrap();
+    let container = doc::to_json(&doc::process_container(&doc::ContainerSpec {
+        hostname: "h".into(),
+        layers: vec![doc::Layer::at(&layer.display().to_string())],
+        scratch: volume.clone(),
+    }));
     let h = d.create_compute_system("c3", &container).unwrap();
     // Destroying a layer whose filter is attached is refused.
-    assert!(d.destroy_layer(&scratch).is_err());
+    assert!(d.destroy_layer(&vpath).is_err());
     d.close_compute_system(h);
     d.close_compute_system(h);
     let v = d.violations();
     assert!(v.last().unwrap().contains("used after close"), "{v:?}");
-    // Leaks: the filter, the writable layer and the base layer.
-    assert_eq!(d.leaks().len(), 3, "{:?}", d.leaks());
+    // Leaks: the filter, the writable layers (folder and volume), the base layer, the disk.
+    assert_eq!(d.leaks().len(), 5, "{:?}", d.leaks());
+    // The disk must not go before its filter.
+    d.detach_sandbox_vhd(&scratch.join("sandbox.vhdx")).unwrap();
+    assert!(
+        d.violations()
+            .last()
+            .unwrap()
+            .contains("detached before its storage filter"),
+        "{:?}",
+        d.violations()
+    );
+}
+
+#[test]
+fn the_double_models_what_hcsshim_learned() {
+    use berth_verifier::hcs::api::HcsApi;
+    use berth_verifier::hcs::doc;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = HcsDouble::new();
+    let base = tmp.path().join("00");
+    std::fs::create_dir_all(base.join("Files")).unwrap();
+    std::fs::create_dir_all(base.join("UtilityVM/Files/EFI/Microsoft/Boot")).unwrap();
+    std::fs::write(
+        base.join("UtilityVM/Files/EFI/Microsoft/Boot/bootmgfw.efi"),
+        b"efi",
+    )
+    .unwrap();
+    d.setup_base_os_layer(
+        &base,
+        &base.join("blank-base.vhdx"),
+        r#"{"Type":"Container"}"#,
+    )
+    .unwrap();
+    let data = doc::to_json(&doc::layer_data(&[doc::Layer::at(
+        &base.display().to_string(),
+    )]));
+
+    // An import source of plain files (not the transport format) is ERROR_INVALID_DATA.
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("Files/app")).unwrap();
+    std::fs::write(src.join("Files/app/probe.cmd"), b"@echo ok").unwrap();
+    let e = d
+        .import_layer(&tmp.path().join("01"), &src, &data)
+        .unwrap_err();
+    assert_eq!(e.hresult, hresult::E_INVALID_DATA, "{e}");
+    assert!(e.message.contains("$wcidirs$"), "{e}");
+
+    // A utility VM over a fresh empty VHDX does not boot.
+    let uvm = base.join("UtilityVM");
+    let empty = tmp.path().join("empty.vhdx");
+    d.create_scratch_vhd(&empty, 20).unwrap();
+    let vm_doc = |scratch: &Path| {
+        doc::to_json(&doc::utility_vm(&doc::UtilityVmSpec {
+            os_files: uvm.join("Files").display().to_string(),
+            uvm_scratch_vhd: scratch.display().to_string(),
+            layers: vec![doc::Layer::at(&base.display().to_string())],
+            memory_mb: 1024,
+            processors: 2,
+        }))
+    };
+    let e = d.create_compute_system("vm", &vm_doc(&empty)).unwrap_err();
+    assert!(e.message.contains("SystemTemplate.vhdx"), "{e}");
+    // A copy of the prepared template, granted to that VM, does.
+    d.setup_base_os_layer(
+        &uvm,
+        &uvm.join("SystemTemplateBase.vhdx"),
+        r#"{"Type":"Vm"}"#,
+    )
+    .unwrap();
+    let copy = tmp.path().join("sandbox.vhdx");
+    d.create_uvm_scratch(&uvm.join("SystemTemplate.vhdx"), &copy, "other-vm")
+        .unwrap();
+    let e = d.create_compute_system("vm", &vm_doc(&copy)).unwrap_err();
+    assert!(e.message.contains("granted to other-vm"), "{e}");
+    std::fs::remove_file(&copy).unwrap();
+    d.create_uvm_scratch(&uvm.join("SystemTemplate.vhdx"), &copy, "vm")
+        .unwrap();
+    let vm = d.create_compute_system("vm", &vm_doc(&copy)).unwrap();
+    d.start_compute_system(vm).unwrap();
+
+    // A hosted container whose guest storage was never prepared is refused.
+    let layers = [doc::Layer::at(&base.display().to_string())];
+    let hosted = doc::to_json(&doc::hosted_container("vm", "c", &layers));
+    let e = d.create_compute_system("c", &hosted).unwrap_err();
+    assert!(e.message.contains("never prepared in the guest"), "{e}");
+    // Combining before mapping is refused too; in order both succeed.
+    let combine = doc::to_json(&doc::combine_layers(
+        doc::HOSTED_SCRATCH_GUEST_PATH,
+        &doc::guest_layers(&layers),
+    ));
+    assert!(d.modify_compute_system(vm, &combine).is_err());
+    let disk = tmp.path().join("c.vhdx");
+    d.create_scratch_vhd(&disk, 20).unwrap();
+    let map = doc::to_json(&doc::add_mapped_virtual_disk(
+        &disk.display().to_string(),
+        doc::CONTAINER_SCRATCH_LUN,
+        doc::HOSTED_SCRATCH_GUEST_PATH,
+    ));
+    d.modify_compute_system(vm, &map).unwrap();
+    d.modify_compute_system(vm, &combine).unwrap();
+    let c = d.create_compute_system("c", &hosted).unwrap();
+    d.close_compute_system(c);
+    d.close_compute_system(vm);
+
+    // Windows Server 2019 has no HcsWaitForProcessExit.
+    let old = HcsDouble::for_build(17763, Script::default());
+    assert!(!old.has(Op::WaitForProcessExit));
+    assert!(HcsDouble::new().has(Op::WaitForProcessExit));
+    let e = old
+        .wait_for_process_exit(
+            berth_verifier::hcs::api::ProcessHandle(1),
+            Duration::from_millis(1),
+        )
+        .unwrap_err();
+    assert_eq!(e.hresult, hresult::E_PROC_NOT_FOUND, "{e}");
+}
+
+// === Issue 19: one test per defect of the runner as it was (each failed on it) ===
+
+/// A servercore-like image: base layer plus an update layer with directories, files carrying
+/// Windows metadata, a hard link to a file of the base layer, a whiteout, a hive delta and an
+/// update of the utility VM's boot configuration.
+fn servercore(dir: &Path) -> Vec<Layer> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, kind: tar::EntryType, data: &[u8], pax: &[(&str, &[u8])]| {
+        if !pax.is_empty() {
+            b.append_pax_extensions(pax.iter().copied()).unwrap();
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("Files", tar::EntryType::Directory, b"", &[]);
+    add(
+        "Files/Windows",
+        tar::EntryType::Directory,
+        b"",
+        &[("MSWINDOWS.fileattr", b"16")],
+    );
+    add(
+        "Files/Windows/System32",
+        tar::EntryType::Directory,
+        b"",
+        &[("MSWINDOWS.fileattr", b"16")],
+    );
+    add(
+        "Files/Windows/System32/kernel32.dll",
+        tar::EntryType::Regular,
+        b"MZ patched",
+        &[
+            ("MSWINDOWS.fileattr", b"32"),
+            ("MSWINDOWS.rawsd", b"AQAEgA=="),
+        ],
+    );
+    add("Files/Windows/.wh.Temp", tar::EntryType::Regular, b"", &[]);
+    add("Hives", tar::EntryType::Directory, b"", &[]);
+    add(
+        "Hives/Software_Delta",
+        tar::EntryType::Regular,
+        b"regf delta",
+        &[],
+    );
+    add("UtilityVM", tar::EntryType::Directory, b"", &[]);
+    add(
+        "UtilityVM/Files/EFI/Microsoft/Boot/BCD",
+        tar::EntryType::Regular,
+        b"bcd v2",
+        &[],
+    );
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    b.append_link(
+        &mut h,
+        "Files/Windows/System32/cmd2.exe",
+        "Files/Windows/System32/cmd.exe",
+    )
+    .unwrap();
+    let update = write_layer(dir, "update.tar", &b.into_inner().unwrap(), OCI_TAR);
+    vec![base_layer(dir, true), update]
+}
+
+#[tokio::test]
+async fn issue19_defect1_app_layers_are_imported_in_the_transport_format() {
+    let c = Case::new();
+    let (d, r) = runner(Script::default());
+    let req = c.request(
+        servercore(&c.blobs),
+        Isolation::Process,
+        Duration::from_secs(30),
+    );
+    let o = run(&r, &req).await;
+    assert_eq!(o.status, JobState::Passed, "{o:?}");
+    assert_eq!(count(&d, Op::ImportLayer), 1);
+    assert_clean(&d, &req);
+}
+
+#[tokio::test]
+async fn issue19_defect2_process_isolation_runs_on_the_mounted_sandbox_volume() {
+    let c = Case::new();
+    // Windows Server 2019's flake: the volume is not ready the first time.
+    let (d, r) = runner(Script {
+        failures: vec![(
+            Op::AttachLayerStorageFilter,
+            hresult::E_NOT_READY,
+            "The device is not ready.".into(),
+        )],
+        ..Script::default()
+    });
+    let req = c.request(c.image(false), Isolation::Process, Duration::from_secs(30));
+    let o = run(&r, &req).await;
+    assert_eq!(o.status, JobState::Passed, "{o:?}");
+    assert_eq!(
+        count(&d, Op::MountSandboxVhd),
+        2,
+        "retried after ERROR_NOT_READY"
+    );
+    let docs = d.documents();
+    let path = docs[0].1["Container"]["Storage"]["Path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        berth_verifier::hcs::doc::is_volume_guid_path(&path),
+        "Storage.Path {path}"
+    );
+    // Cleanup detaches the filter, then the disk.
+    let ops = d.ops();
+    let filter = ops.iter().rposition(|o| *o == Op::DetachLayerStorageFilter);
+    let disk = ops.iter().rposition(|o| *o == Op::DetachSandboxVhd);
+    assert!(filter.unwrap() < disk.unwrap(), "{ops:?}");
+    assert_clean(&d, &req);
+}
+
+#[tokio::test]
+async fn issue19_defect3_hyperv_prepares_the_hosted_containers_guest_storage() {
+    let c = Case::new();
+    let (d, r) = runner(Script::default());
+    let req = c.request(
+        servercore(&c.blobs),
+        Isolation::HyperV,
+        Duration::from_secs(30),
+    );
+    let o = run(&r, &req).await;
+    assert_eq!(o.status, JobState::Passed, "{o:?}");
+    let modify: Vec<_> = d
+        .documents()
+        .into_iter()
+        .filter(|(op, _)| *op == Op::ModifyComputeSystem)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(modify.len(), 2);
+    assert_eq!(
+        modify[0]["GuestRequest"]["ResourceType"],
+        "MappedVirtualDisk"
+    );
+    assert_eq!(modify[1]["GuestRequest"]["ResourceType"], "CombinedLayers");
+    // The utility VM boots from the update layer's (cloned and patched) utility VM.
+    let vm = &d.documents()[0].1["VirtualMachine"];
+    let os = vm["Devices"]["VirtualSmb"]["Shares"][0]["Path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(os.contains("01-"), "{os}");
+    assert_clean(&d, &req);
+}
+
+#[tokio::test]
+async fn issue19_defect4_the_utility_vm_boots_from_a_copy_of_system_template() {
+    let c = Case::new();
+    let (d, r) = runner(Script::default());
+    let req = c.request(c.image(true), Isolation::HyperV, Duration::from_secs(30));
+    let o = run(&r, &req).await;
+    assert_eq!(o.status, JobState::Passed, "{o:?}");
+    let copy = d
+        .calls()
+        .into_iter()
+        .find(|c| c.op == Op::CreateUvmScratch)
+        .expect("the scratch is copied from the template");
+    assert!(
+        copy.args[0].ends_with("SystemTemplate.vhdx"),
+        "{:?}",
+        copy.args
+    );
+    assert_eq!(copy.args[2], "berth-w1-42-1-uvm", "granted to the VM");
+    let vm = &d.documents()[0].1["VirtualMachine"];
+    assert_eq!(
+        vm["Devices"]["Scsi"]["0"]["Attachments"]["0"]["Path"],
+        copy.args[1].as_str()
+    );
+    assert_clean(&d, &req);
+}
+
+#[tokio::test]
+async fn issue19_defect5_ltsc2019_has_no_wait_for_process_exit() {
+    for (hang, want) in [(false, JobState::Passed), (true, JobState::Failed)] {
+        let c = Case::new();
+        let d = Arc::new(HcsDouble::for_build(
+            17763,
+            Script {
+                hang,
+                output: b"ok\r\n".to_vec(),
+                ..Script::default()
+            },
+        ));
+        let r = double_runner(Arc::clone(&d));
+        let req = c.request(
+            c.image(false),
+            Isolation::Process,
+            Duration::from_millis(600),
+        );
+        let o = run(&r, &req).await;
+        assert_eq!(o.status, want, "hang={hang}: {o:?}");
+        assert_eq!(count(&d, Op::WaitForProcessExit), 0);
+        assert!(count(&d, Op::GetProcessProperties) >= 1);
+        if hang {
+            assert_eq!(o.message, "timed out after 600 ms");
+        } else {
+            assert_eq!(o.log_tail, "ok\r\n");
+        }
+        assert_clean(&d, &req);
+    }
 }

@@ -48,7 +48,7 @@ fn process_isolated_container() {
     let d = doc::process_container(&ContainerSpec {
         hostname: "berth-w1-42-1".into(),
         layers: layers(),
-        scratch: format!(r"{RUN}\scratch"),
+        scratch: r"\\?\Volume{66d1ef4c-7a00-11e6-8948-00155ddbef9d}\".into(),
     });
     golden("process_container", &d);
 }
@@ -57,8 +57,7 @@ fn process_isolated_container() {
 fn hyperv_utility_vm() {
     let d = doc::utility_vm(&UtilityVmSpec {
         os_files: format!(r"{BASE}\UtilityVM\Files"),
-        uvm_scratch_vhd: format!(r"{RUN}\uvm\uvm-scratch.vhdx"),
-        container_scratch_vhd: format!(r"{RUN}\uvm\container-scratch.vhdx"),
+        uvm_scratch_vhd: format!(r"{RUN}\uvm\sandbox.vhdx"),
         layers: layers(),
         memory_mb: doc::DEFAULT_UVM_MEMORY_MB,
         processors: doc::DEFAULT_UVM_PROCESSORS,
@@ -70,6 +69,25 @@ fn hyperv_utility_vm() {
 fn hyperv_hosted_container() {
     let d = doc::hosted_container("berth-w1-42-1-uvm", "berth-w1-42-1", &layers());
     golden("hyperv_hosted_container", &d);
+}
+
+#[test]
+fn hyperv_guest_storage_requests() {
+    golden(
+        "hyperv_add_mapped_virtual_disk",
+        &doc::add_mapped_virtual_disk(
+            &format!(r"{RUN}\uvm\container-scratch.vhdx"),
+            doc::CONTAINER_SCRATCH_LUN,
+            doc::HOSTED_SCRATCH_GUEST_PATH,
+        ),
+    );
+    golden(
+        "hyperv_combine_layers",
+        &doc::combine_layers(
+            doc::HOSTED_SCRATCH_GUEST_PATH,
+            &doc::guest_layers(&layers()),
+        ),
+    );
 }
 
 #[test]

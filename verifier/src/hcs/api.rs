@@ -82,6 +82,16 @@ pub mod hresult {
     pub const E_INVALIDARG: u32 = 0x8007_0057;
     /// `E_FAIL`.
     pub const E_FAIL: u32 = 0x8000_4005;
+    /// `HRESULT_FROM_WIN32(ERROR_NOT_READY)`: on Windows Server 2019 the sandbox volume is
+    /// sometimes not there yet (hcsshim `internal/layers/wcow_mount.go` retries it).
+    pub const E_NOT_READY: u32 = 0x8007_0015;
+    /// `HRESULT_FROM_WIN32(ERROR_DEVICE_NOT_CONNECTED)`: the same RS5 flake under load.
+    pub const E_DEVICE_NOT_CONNECTED: u32 = 0x8007_048F;
+    /// `HRESULT_FROM_WIN32(ERROR_PROC_NOT_FOUND)`: the DLL of this host build does not export
+    /// the function (e.g. `HcsWaitForProcessExit` on 17763).
+    pub const E_PROC_NOT_FOUND: u32 = 0x8007_007F;
+    /// `HRESULT_FROM_WIN32(ERROR_OPERATION_ABORTED)`: a cancelled operation.
+    pub const E_OPERATION_ABORTED: u32 = 0x8007_03E3;
 }
 
 /// The name of a known HRESULT (either HCS form), e.g. `HCS_E_IMAGE_MISMATCH` for
@@ -119,6 +129,10 @@ pub fn name(hr: u32) -> Option<&'static str> {
         E_TIMEOUT => "ERROR_TIMEOUT",
         E_INVALIDARG => "E_INVALIDARG",
         E_FAIL => "E_FAIL",
+        E_NOT_READY => "ERROR_NOT_READY",
+        E_DEVICE_NOT_CONNECTED => "ERROR_DEVICE_NOT_CONNECTED",
+        E_PROC_NOT_FOUND => "ERROR_PROC_NOT_FOUND",
+        E_OPERATION_ABORTED => "ERROR_OPERATION_ABORTED",
         _ => return None,
     })
 }
@@ -139,6 +153,12 @@ pub fn is_timeout(hr: u32) -> bool {
         hcs_form(hr),
         hresult::E_WAIT_TIMEOUT | hresult::E_TIMEOUT | hresult::HCS_E_OPERATION_TIMEOUT
     )
+}
+
+/// True for the Windows Server 2019 flakes of mounting a sandbox volume that hcsshim retries
+/// (`ERROR_NOT_READY`, `ERROR_DEVICE_NOT_CONNECTED`; `internal/layers/wcow_mount.go`).
+pub fn is_retryable_mount(hr: u32) -> bool {
+    matches!(hr, hresult::E_NOT_READY | hresult::E_DEVICE_NOT_CONNECTED)
 }
 
 /// True for errors that mean "already gone": harmless during cleanup.
@@ -167,6 +187,15 @@ pub enum Op {
     /// A formatted, VM-accessible scratch VHDX (`CreateVirtualDisk` + `HcsFormatWritableLayerVhd`
     /// + `HcsGrantVmGroupAccess`).
     CreateScratchVhd,
+    /// The process-isolated container's sandbox: `CreateVirtualDisk` +
+    /// `HcsFormatWritableLayerVhd` + `AttachVirtualDisk` (no drive letter) +
+    /// `HcsGetLayerVhdMountPath`, giving its `\\?\Volume{GUID}\` path.
+    MountSandboxVhd,
+    /// `DetachVirtualDisk` of the sandbox (and deleting it).
+    DetachSandboxVhd,
+    /// The utility VM's scratch: a copy of `UtilityVM\SystemTemplate.vhdx` +
+    /// `HcsGrantVmAccess(vm id, copy)` (hcsshim `internal/wcow/scratch.go`).
+    CreateUvmScratch,
     /// `HcsAttachLayerStorageFilter` (computestorage).
     AttachLayerStorageFilter,
     /// `HcsDetachLayerStorageFilter` (computestorage).
@@ -177,6 +206,9 @@ pub enum Op {
     CreateComputeSystem,
     /// `HcsStartComputeSystem` (computecore).
     StartComputeSystem,
+    /// `HcsModifyComputeSystem` (computecore): a `ModifySettingRequest`, here the guest
+    /// requests that prepare a hosted container's storage.
+    ModifyComputeSystem,
     /// `HcsTerminateComputeSystem` (computecore).
     TerminateComputeSystem,
     /// `HcsCloseComputeSystem` (computecore).
@@ -185,6 +217,9 @@ pub enum Op {
     CreateProcess,
     /// `HcsWaitForProcessExit` + exit code from the process status (computecore).
     WaitForProcessExit,
+    /// `HcsGetProcessProperties` (computecore): the process status, for hosts without
+    /// `HcsWaitForProcessExit` (17763).
+    GetProcessProperties,
     /// `HcsCloseProcess` (computecore).
     CloseProcess,
 }
@@ -197,15 +232,20 @@ impl Op {
             Op::SetupBaseOsLayer => "HcsSetupBaseOSLayer",
             Op::InitializeWritableLayer => "HcsInitializeWritableLayer",
             Op::CreateScratchVhd => "CreateScratchVhd",
+            Op::MountSandboxVhd => "MountSandboxVhd",
+            Op::DetachSandboxVhd => "DetachSandboxVhd",
+            Op::CreateUvmScratch => "CreateUvmScratch",
             Op::AttachLayerStorageFilter => "HcsAttachLayerStorageFilter",
             Op::DetachLayerStorageFilter => "HcsDetachLayerStorageFilter",
             Op::DestroyLayer => "HcsDestroyLayer",
             Op::CreateComputeSystem => "HcsCreateComputeSystem",
             Op::StartComputeSystem => "HcsStartComputeSystem",
+            Op::ModifyComputeSystem => "HcsModifyComputeSystem",
             Op::TerminateComputeSystem => "HcsTerminateComputeSystem",
             Op::CloseComputeSystem => "HcsCloseComputeSystem",
             Op::CreateProcess => "HcsCreateProcess",
             Op::WaitForProcessExit => "HcsWaitForProcessExit",
+            Op::GetProcessProperties => "HcsGetProcessProperties",
             Op::CloseProcess => "HcsCloseProcess",
         }
     }
@@ -289,6 +329,29 @@ pub fn exit_code_from(doc: &str) -> Option<i64> {
     v["ExitCode"].as_i64()
 }
 
+/// The status in a process status document (schema2 `ProcessStatus`): `Exited`, `ExitCode`
+/// and `LastWaitResult` (a non-zero `LastWaitResult` means HCS could not wait for the process:
+/// the exit code is not to be trusted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProcessStatus {
+    /// The process has exited.
+    pub exited: bool,
+    /// Its exit code, when reported.
+    pub exit_code: Option<i64>,
+    /// `LastWaitResult` (0 when absent).
+    pub last_wait_result: i64,
+}
+
+/// Parses a process status document; `None` when it is not JSON.
+pub fn process_status(doc: &str) -> Option<ProcessStatus> {
+    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    Some(ProcessStatus {
+        exited: v["Exited"].as_bool().unwrap_or(false),
+        exit_code: v["ExitCode"].as_i64(),
+        last_wait_result: v["LastWaitResult"].as_i64().unwrap_or(0),
+    })
+}
+
 /// Whose fault an error is, which decides the job state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -306,8 +369,9 @@ pub enum Fault {
 /// verdict would blame a good image.
 ///
 /// * `HCS_E_IMAGE_MISMATCH` (`0xc0370101` / `0x80370101`), wherever it comes from: incompatible.
-/// * `HCS_E_INVALID_LAYER` and `ERROR_INVALID_DATA` while importing or setting up a layer: the
-///   layer content is bad.
+/// * Import and setup of layers never blame the image: the runner writes the import source
+///   itself, so `ERROR_INVALID_DATA` or `HCS_E_INVALID_LAYER` there is the runner's or the
+///   host's problem (issue 19). A malformed layer tar is caught while unpacking, before HCS.
 /// * While starting the system: the guest OS of the image died while booting
 ///   (`HCS_E_UNEXPECTED_EXIT`, `HCS_E_TERMINATED_DURING_START`, `HCS_E_GUEST_CRITICAL_ERROR`).
 /// * While creating the process: the command is not in the image (`ERROR_FILE_NOT_FOUND`,
@@ -319,9 +383,6 @@ pub fn classify(op: Op, hr: u32) -> Fault {
         return Fault::Incompatible;
     }
     let image = match op {
-        Op::ImportLayer | Op::SetupBaseOsLayer => {
-            matches!(hr, HCS_E_INVALID_LAYER | E_INVALID_DATA)
-        }
         Op::StartComputeSystem => matches!(
             hr,
             HCS_E_UNEXPECTED_EXIT | HCS_E_TERMINATED_DURING_START | HCS_E_GUEST_CRITICAL_ERROR
@@ -368,6 +429,15 @@ pub trait HcsApi: Send + Sync + 'static {
         false
     }
 
+    /// Whether this host's HCS exports the functions `op` needs. Functions newer than
+    /// Windows Server 2019 are looked up at run time, so one binary runs on every build; the
+    /// runner falls back when this is false (e.g. no `HcsWaitForProcessExit` on 17763: it
+    /// polls [`HcsApi::get_process_exit`]).
+    fn has(&self, op: Op) -> bool {
+        let _ = op;
+        true
+    }
+
     /// `HcsImportLayer(layer, source, layer_data)`: imports the unpacked layer in `source` (the
     /// legacy layout: `Files/`, `Hives/`, `tombstones.txt`) into the new layer folder `layer`.
     /// `layer_data` lists the parent layers, topmost first.
@@ -394,8 +464,21 @@ pub trait HcsApi: Send + Sync + 'static {
     /// the Hyper-V container scratch).
     fn create_scratch_vhd(&self, vhd: &Path, size_gb: u64) -> Result<()>;
 
+    /// Creates the sandbox VHDX `vhd` of `size_gb`, formats it as a writable layer, attaches it
+    /// without a drive letter and returns its volume path `\\?\Volume{GUID}\`
+    /// (`HcsGetLayerVhdMountPath`). It stays attached until [`HcsApi::detach_sandbox_vhd`] (or
+    /// until this process dies).
+    fn mount_sandbox_vhd(&self, vhd: &Path, size_gb: u64) -> Result<String>;
+
+    /// Detaches the sandbox VHDX `vhd` mounted by [`HcsApi::mount_sandbox_vhd`] and deletes it.
+    fn detach_sandbox_vhd(&self, vhd: &Path) -> Result<()>;
+
+    /// Copies the prepared `template` (`<layer>\UtilityVM\SystemTemplate.vhdx`) to `scratch` and
+    /// grants the VM `vm_id` access to the copy (`HcsGrantVmAccess`): the utility VM's scratch.
+    fn create_uvm_scratch(&self, template: &Path, scratch: &Path, vm_id: &str) -> Result<()>;
+
     /// `HcsAttachLayerStorageFilter(writable, layer_data)`: mounts the union of the layers at
-    /// `writable` (process isolation).
+    /// `writable` (process isolation: the sandbox volume).
     fn attach_layer_storage_filter(&self, writable: &Path, layer_data: &str) -> Result<()>;
 
     /// `HcsDetachLayerStorageFilter(writable)`.
@@ -410,6 +493,9 @@ pub trait HcsApi: Send + Sync + 'static {
 
     /// `HcsStartComputeSystem` and wait for the operation.
     fn start_compute_system(&self, system: SystemHandle) -> Result<()>;
+
+    /// `HcsModifyComputeSystem(system, request)` and wait for the operation.
+    fn modify_compute_system(&self, system: SystemHandle, request: &str) -> Result<()>;
 
     /// `HcsTerminateComputeSystem` and wait for the operation.
     fn terminate_compute_system(&self, system: SystemHandle) -> Result<()>;
@@ -429,6 +515,10 @@ pub trait HcsApi: Send + Sync + 'static {
         process: ProcessHandle,
         timeout: Duration,
     ) -> Result<Option<ProcessExit>>;
+
+    /// `HcsGetProcessProperties`: `Ok(None)` while the process runs, else its exit code and
+    /// output (the fallback for hosts without `HcsWaitForProcessExit`).
+    fn get_process_exit(&self, process: ProcessHandle) -> Result<Option<ProcessExit>>;
 
     /// `HcsCloseProcess` (cannot fail).
     fn close_process(&self, process: ProcessHandle);
@@ -467,7 +557,18 @@ mod tests {
             Fault::Infrastructure
         );
         assert_eq!(classify(Op::CreateProcess, E_FILE_NOT_FOUND), Fault::Image);
-        assert_eq!(classify(Op::ImportLayer, HCS_E_INVALID_LAYER), Fault::Image);
+        assert_eq!(
+            classify(Op::ImportLayer, HCS_E_INVALID_LAYER),
+            Fault::Infrastructure
+        );
+        assert_eq!(
+            classify(Op::ImportLayer, E_INVALID_DATA),
+            Fault::Infrastructure
+        );
+        assert_eq!(
+            classify(Op::CreateComputeSystem, HCS_E_HYPERV_NOT_INSTALLED),
+            Fault::Infrastructure
+        );
         assert_eq!(
             classify(Op::StartComputeSystem, HCS_E_CONNECTION_TIMEOUT),
             Fault::Infrastructure
@@ -505,6 +606,14 @@ mod tests {
             Some(3_221_225_477)
         );
         assert_eq!(exit_code_from(r#"{"Exited":false}"#), None);
+        assert_eq!(
+            process_status(r#"{"Exited":true,"ExitCode":1,"LastWaitResult":-2147023673}"#),
+            Some(ProcessStatus {
+                exited: true,
+                exit_code: Some(1),
+                last_wait_result: -2_147_023_673
+            })
+        );
         assert!(is_already_gone(0xc037_0110));
     }
 }

@@ -18,16 +18,24 @@ pub const OWNER: &str = "berth-verifier";
 /// Prefix of a VSMB share's path as a Windows guest sees it (hcsshim `vsmbSharePrefix`).
 pub const VSMB_SHARE_PREFIX: &str = r"\\?\VMSMB\VSMB-{dcc079ae-60ba-4d07-847c-3493609c0870}\";
 
-/// First SCSI controller of a utility VM (hcsshim `guestrequest.ScsiControllerGuids[0]`).
-pub const SCSI_CONTROLLER_0: &str = "df6d0690-79e5-55b6-a5ec-c1e2f77f580a";
+/// Key of the utility VM's SCSI controller. With the HCS-brokered guest connection hcsshim
+/// named it `"0"` (c68147485 `internal/uvm/create_wcow.go`, and `scsiResourceFormat`
+/// `VirtualMachine/Devices/Scsi/%s/Attachments/%d` in `resourcepaths.go`); the GUID names of
+/// hcsshim HEAD belong to its own GCS bridge.
+pub const SCSI_CONTROLLER_0: &str = "0";
+
+/// LUN of the utility VM's own scratch (boot depends on it being 0: create_wcow.go).
+pub const UVM_SCRATCH_LUN: u32 = 0;
+/// LUN the hosted container's scratch is hot-added at.
+pub const CONTAINER_SCRATCH_LUN: u32 = 1;
 
 /// Boot loader inside the utility VM's `Files` share (create_wcow.go: `OSRelativeBootDirPath`
 /// + `bootmgfw.efi`).
 pub const UVM_BOOT_PATH: &str = r"\EFI\Microsoft\Boot\bootmgfw.efi";
 
-/// Where the hosted container's scratch (SCSI 0:1 of the utility VM) is mounted in the guest.
-/// Not verified on a real host: hcsshim mounts container scratches through its own GCS bridge
-/// at `C:\c\<n>`; the runner uses the HCS-brokered path (`HostingSystemId`).
+/// Where the hosted container's scratch (hot-added at SCSI 0:1 of the utility VM with a
+/// `MappedVirtualDisk` guest request) is mounted in the guest and its layers combined
+/// (`CombinedLayers`): hcsshim c68147485 `hcsoci/create.go` `wcowRootInUVM = C:\c\%s`.
 pub const HOSTED_SCRATCH_GUEST_PATH: &str = r"C:\c\0";
 
 /// Default memory of the utility VM, in MB (hcsshim's WCOW default is 1024).
@@ -70,17 +78,15 @@ impl Layer {
     }
 }
 
-/// A stable GUID for a layer folder, from the SHA-256 of its last path component (formatted as
-/// a version-5-style GUID). hcsshim derives the id with vmcompute's `NameToGuid(basename)`,
-/// which exists only in the undocumented vmcompute.dll; HCS needs only an id that is unique
-/// and used consistently across the storage calls and the compute system document.
+/// A stable GUID for a layer folder, from the SHA-256 of its whole path (trailing separators
+/// ignored; formatted as a version-5-style GUID). hcsshim derives the id with vmcompute's
+/// `NameToGuid(basename)`, which exists only in the undocumented vmcompute.dll; HCS needs only
+/// an id that is unique on the host and used consistently across the storage calls and the
+/// compute system document. The whole path, not the base name, so that two runs of one image
+/// (same `NN-<digest>` folder names in different run directories) never share an id.
 pub fn layer_id(folder: &str) -> String {
-    let base = folder
-        .trim_end_matches(['\\', '/'])
-        .rsplit(['\\', '/'])
-        .next()
-        .unwrap_or(folder);
-    let h = Sha256::digest(format!("berth-hcs-layer:{base}").as_bytes());
+    let full = folder.trim_end_matches(['\\', '/']);
+    let h = Sha256::digest(format!("berth-hcs-layer:{full}").as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&h[..16]);
     b[6] = (b[6] & 0x0f) | 0x50;
@@ -133,6 +139,102 @@ pub fn container_base_options() -> OsLayerOptions {
 /// Options for the utility VM base layer.
 pub fn vm_base_options() -> OsLayerOptions {
     OsLayerOptions { kind: "Vm".into() }
+}
+
+/// True for a volume GUID path `\\?\Volume{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}\` (trailing
+/// backslash optional), what a process-isolated container's `Storage.Path` must be (hcsshim
+/// `hcsdoc_wcow.go` `volumeGUIDRegex`).
+pub fn is_volume_guid_path(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix(r"\\?\Volume{") else {
+        return false;
+    };
+    let rest = rest.strip_suffix('\\').unwrap_or(rest);
+    let Some(guid) = rest.strip_suffix('}') else {
+        return false;
+    };
+    let groups: Vec<&str> = guid.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+// === Modify requests (HcsModifyComputeSystem) ===
+
+/// `ModifySettingRequest` (schema2 modify_setting_request.go) with a guest request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ModifySettingRequest {
+    /// The VM resource (host side), e.g. a SCSI attachment.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource_path: String,
+    /// `Add`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_type: String,
+    /// The resource's settings (host side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Attachment>,
+    /// What the guest does with it.
+    pub guest_request: GuestRequest,
+}
+
+/// `guestrequest.GuestRequest` (c68147485 `internal/guestrequest/types.go`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GuestRequest {
+    /// `MappedVirtualDisk` or `CombinedLayers`.
+    pub resource_type: String,
+    /// `Add`.
+    pub request_type: String,
+    /// `WCOWMappedVirtualDisk` or `CombinedLayers`.
+    pub settings: serde_json::Value,
+}
+
+/// Hot-adds the hosted container's scratch `vhd` at SCSI 0:`lun` of the utility VM and has
+/// the guest mount it at `guest_path` (c68147485 `uvm/scsi.go` `addSCSIActual`:
+/// `ResourcePath` from `scsiResourceFormat`, `WCOWMappedVirtualDisk{ContainerPath, Lun}`).
+pub fn add_mapped_virtual_disk(vhd: &str, lun: u32, guest_path: &str) -> ModifySettingRequest {
+    ModifySettingRequest {
+        resource_path: format!("VirtualMachine/Devices/Scsi/{SCSI_CONTROLLER_0}/Attachments/{lun}"),
+        request_type: "Add".into(),
+        settings: Some(Attachment {
+            path: vhd.to_owned(),
+            kind: "VirtualDisk".into(),
+        }),
+        guest_request: GuestRequest {
+            resource_type: "MappedVirtualDisk".into(),
+            request_type: "Add".into(),
+            settings: serde_json::json!({"ContainerPath": guest_path, "Lun": lun}),
+        },
+    }
+}
+
+/// Has the guest combine the read-only `layers` (guest paths, topmost first) over the scratch
+/// mounted at `root` (c68147485 `uvm/combine_layers.go` `CombineLayersWCOW`).
+pub fn combine_layers(root: &str, layers: &[Layer]) -> ModifySettingRequest {
+    ModifySettingRequest {
+        resource_path: String::new(),
+        request_type: String::new(),
+        settings: None,
+        guest_request: GuestRequest {
+            resource_type: "CombinedLayers".into(),
+            request_type: "Add".into(),
+            settings: serde_json::json!({"ContainerRootPath": root, "Layers": layers}),
+        },
+    }
+}
+
+/// The layers of a hosted container as the guest sees them: the VSMB share of each layer,
+/// named by its id (see [`utility_vm`]).
+pub fn guest_layers(layers: &[Layer]) -> Vec<Layer> {
+    layers
+        .iter()
+        .map(|l| Layer {
+            id: l.id.clone(),
+            path: format!("{VSMB_SHARE_PREFIX}{}", l.id),
+        })
+        .collect()
 }
 
 // === Compute systems ===
@@ -421,10 +523,8 @@ pub struct UtilityVmSpec {
     /// `<layer>\UtilityVM\Files` of the topmost layer with a `UtilityVM` folder: the VM boots
     /// from it (shared as `os`).
     pub os_files: String,
-    /// The utility VM's scratch VHDX (SCSI 0:0).
+    /// The utility VM's scratch VHDX (SCSI 0:0): a copy of `UtilityVM\SystemTemplate.vhdx`.
     pub uvm_scratch_vhd: String,
-    /// The container's scratch VHDX (SCSI 0:1).
-    pub container_scratch_vhd: String,
     /// The image layers (host folders), topmost first: each is shared over VSMB under its id.
     pub layers: Vec<Layer>,
     /// Memory in MB.
@@ -434,21 +534,15 @@ pub struct UtilityVmSpec {
 }
 
 /// The utility VM (create_wcow.go `prepareCommonConfigDoc` + `prepareConfigDoc`): UEFI boot of
-/// `bootmgfw.efi` from the `os` VSMB share, the scratch disks on SCSI controller 0, the image
-/// layers as read-only VSMB shares, and a guest connection for the hosted container.
+/// `bootmgfw.efi` from the `os` VSMB share, its scratch on SCSI 0:0, the image layers as
+/// read-only VSMB shares, and a guest connection for the hosted container. The container's
+/// scratch is hot-added later ([`add_mapped_virtual_disk`]).
 pub fn utility_vm(spec: &UtilityVmSpec) -> ComputeSystem {
     let mut attachments = BTreeMap::new();
     attachments.insert(
-        "0".to_owned(),
+        UVM_SCRATCH_LUN.to_string(),
         Attachment {
             path: spec.uvm_scratch_vhd.clone(),
-            kind: "VirtualDisk".into(),
-        },
-    );
-    attachments.insert(
-        "1".to_owned(),
-        Attachment {
-            path: spec.container_scratch_vhd.clone(),
             kind: "VirtualDisk".into(),
         },
     );
@@ -507,17 +601,12 @@ pub fn utility_vm(spec: &UtilityVmSpec) -> ComputeSystem {
     }
 }
 
-/// The container hosted in the utility VM `uvm_id` (hcsshim `internal/uvm/create.go`
+/// The container hosted in the utility VM `uvm_id` (hcsshim c68147485 `internal/uvm/create.go`
 /// `CreateContainer`: `{HostingSystemId, HostedSystem{SchemaVersion, Container}}`). Its layers
-/// are the VSMB shares of [`utility_vm`], seen from the guest; its scratch is SCSI 0:1.
+/// are the VSMB shares of [`utility_vm`], seen from the guest; its storage is the scratch
+/// mounted and combined at [`HOSTED_SCRATCH_GUEST_PATH`] by the two modify requests.
 pub fn hosted_container(uvm_id: &str, hostname: &str, layers: &[Layer]) -> ComputeSystem {
-    let guest_layers = layers
-        .iter()
-        .map(|l| Layer {
-            id: l.id.clone(),
-            path: format!("{VSMB_SHARE_PREFIX}{}", l.id),
-        })
-        .collect();
+    let guest_layers = guest_layers(layers);
     ComputeSystem {
         owner: OWNER.into(),
         schema_version: SCHEMA_V21,
@@ -736,9 +825,28 @@ mod tests {
     }
 
     #[test]
+    fn volume_guid_paths() {
+        assert!(is_volume_guid_path(
+            r"\\?\Volume{66d1ef4c-7a00-11e6-8948-00155ddbef9d}\"
+        ));
+        assert!(is_volume_guid_path(
+            r"\\?\Volume{66d1ef4c-7a00-11e6-8948-00155ddbef9d}"
+        ));
+        for bad in [
+            r"C:\w\job\scratch",
+            r"\\?\Volume{66d1ef4c-7a00-11e6-8948}\",
+            r"\\?\Volume{zzd1ef4c-7a00-11e6-8948-00155ddbef9d}\",
+        ] {
+            assert!(!is_volume_guid_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn layer_ids_are_stable_guids() {
         let a = layer_id(r"C:\w\job\layers\00-abc");
-        assert_eq!(a, layer_id("/tmp/elsewhere/00-abc/"));
+        assert_eq!(a, layer_id("C:\\w\\job\\layers\\00-abc\\"));
+        // Two runs of one image: same folder name, different run directory.
+        assert_ne!(a, layer_id(r"C:\w\job2\layers\00-abc"));
         assert_ne!(a, layer_id(r"C:\w\job\layers\01-abc"));
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "5");

@@ -5,12 +5,23 @@
 //! and it reports what a run leaked (systems and processes not closed, filters not detached,
 //! layers not destroyed).
 //!
+//! The preconditions it enforces are the ones hcsshim learned from the real service (issue 19):
+//! a process-isolated container's `Storage.Path` must be the `\\?\Volume{GUID}\` of a mounted
+//! sandbox (not a folder); an import source must be in the transport format (attribute word +
+//! backup stream per file, `$wcidirs$` per directory, no `UtilityVM\`); a utility VM's SCSI 0:0
+//! must be a copy of the layer's `SystemTemplate.vhdx` granted to that VM (not an empty VHDX);
+//! a hosted container's storage must have been mounted (`MappedVirtualDisk`) and combined
+//! (`CombinedLayers`) in the guest first; and a call that the registered host build does not
+//! export fails with `ERROR_PROC_NOT_FOUND` ([`HcsDouble::for_build`]).
+//!
 //! It touches the file system as HCS would, so the runner's cleanup can be checked on disk:
 //! imported and base layers and VHDX files are created as folders/files, `HcsDestroyLayer`
 //! deletes the folder. Results of a runner built on it are marked simulated and never satisfy
 //! a gate (`Runner::simulated`). Used by the tests and by a worker without a Windows host.
 
 use super::api::{hresult, HcsApi, HcsError, Op, ProcessExit, ProcessHandle, Result, SystemHandle};
+use super::doc::{is_volume_guid_path, VSMB_SHARE_PREFIX};
+use super::unpack::{parse_backup_stream, FILE_ATTRIBUTE_DIRECTORY, WCIDIRS};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -54,7 +65,16 @@ struct Sys {
     closed: bool,
     is_vm: bool,
     hosting: Option<u64>,
+    /// A utility VM's SCSI controllers and LUNs in use, and its VSMB share names.
+    scsi: BTreeMap<String, BTreeSet<String>>,
+    shares: BTreeSet<String>,
+    /// Guest paths a `MappedVirtualDisk` request mounted, and those `CombinedLayers` combined.
+    mapped: BTreeSet<String>,
+    combined: BTreeSet<String>,
 }
+
+/// The Windows Server 2022 build: the first with every function the runner uses.
+pub const BUILD_LTSC2022: u32 = 20348;
 
 #[derive(Debug, Clone)]
 struct Proc {
@@ -75,10 +95,18 @@ struct State {
     filters: BTreeSet<PathBuf>,
     /// VHDX files created by `create_scratch_vhd`.
     vhds: BTreeSet<PathBuf>,
+    /// Sandbox VHDX files attached, with their volume paths.
+    mounted: BTreeMap<PathBuf, String>,
+    /// `SystemTemplate.vhdx` files prepared by `HcsSetupBaseOSLayer` (`Vm`).
+    templates: BTreeSet<PathBuf>,
+    /// Utility VM scratches copied from a template, with the VM granted access.
+    uvm_scratches: BTreeMap<PathBuf, String>,
     systems: BTreeMap<u64, Sys>,
     processes: BTreeMap<u64, Proc>,
     documents: Vec<(Op, Value)>,
     next: u64,
+    /// The registered host build (0: [`BUILD_LTSC2022`]).
+    build: u32,
 }
 
 /// The test double. Share it with `Arc` to inspect it while a runner owns it.
@@ -91,6 +119,15 @@ impl HcsDouble {
     /// A double whose probes exit 0 with no output.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A double of the HCS of Windows build `build` (e.g. 17763 for ltsc2019): functions that
+    /// build does not export are not offered ([`HcsApi::has`]) and fail with
+    /// `ERROR_PROC_NOT_FOUND` when called anyway.
+    pub fn for_build(build: u32, script: Script) -> Self {
+        let d = Self::with_script(script);
+        d.lock().build = build;
+        d
     }
 
     /// A double following `script`.
@@ -162,6 +199,17 @@ impl HcsDouble {
                 .filter(|p| p.exists())
                 .map(|p| format!("scratch VHDX {} not removed", p.display())),
         );
+        out.extend(
+            s.mounted
+                .keys()
+                .map(|p| format!("sandbox VHDX {} still attached", p.display())),
+        );
+        out.extend(
+            s.uvm_scratches
+                .keys()
+                .filter(|p| p.exists())
+                .map(|p| format!("utility VM scratch {} not removed", p.display())),
+        );
         out
     }
 
@@ -176,6 +224,13 @@ impl HcsDouble {
         for sys in s.systems.values_mut() {
             sys.closed = true;
             sys.state = SysState::Stopped;
+        }
+        // Sandbox disks are attached for the lifetime of the handle: they detach, and their
+        // volumes (with the filter and writable layer on them) disappear.
+        let volumes: Vec<String> = std::mem::take(&mut s.mounted).into_values().collect();
+        for v in volumes {
+            s.filters.remove(Path::new(&v));
+            s.writable.remove(Path::new(&v));
         }
     }
 
@@ -248,6 +303,46 @@ impl State {
         Ok(path)
     }
 
+    fn build(&self) -> u32 {
+        if self.build == 0 {
+            BUILD_LTSC2022
+        } else {
+            self.build
+        }
+    }
+
+    /// Whether the registered build exports what `op` needs (computecore.dll's
+    /// "minimum supported" lines: `HcsWaitForProcessExit` from Windows Server 2022).
+    fn has(&self, op: Op) -> bool {
+        !(op == Op::WaitForProcessExit && self.build() < BUILD_LTSC2022)
+    }
+
+    /// Refuses a call the registered build does not export.
+    fn require(&mut self, op: Op) -> Result<()> {
+        if self.has(op) {
+            return Ok(());
+        }
+        let build = self.build();
+        Err(self.refuse(
+            op,
+            hresult::E_PROC_NOT_FOUND,
+            format!("build {build} does not export {op}"),
+        ))
+    }
+
+    /// Checks an `HcsImportLayer` source folder: the transport format hcsshim's
+    /// `legacyLayerWriter` writes (and vmcompute's `ExportLayer` produces).
+    fn check_transport(&self, source: &Path) -> std::result::Result<(), String> {
+        if source.join("UtilityVM").exists() {
+            return Err("UtilityVM\\ in an import source: it is cloned from the parent into the layer folder, never imported".into());
+        }
+        let files = source.join("Files");
+        if !files.is_dir() {
+            return Err(format!("{} has no Files folder", p(source)));
+        }
+        check_transport_dir(&files)
+    }
+
     fn new_handle(&mut self) -> u64 {
         self.next += 1;
         self.next
@@ -271,6 +366,7 @@ impl State {
 
     fn check_compute_system(
         &mut self,
+        id: &str,
         v: &Value,
     ) -> std::result::Result<(bool, Option<u64>), String> {
         check_schema_version(v)?;
@@ -301,7 +397,18 @@ impl State {
                     return Err(format!("Container layer {l} is not an imported layer"));
                 }
             }
-            let scratch = PathBuf::from(storage["Path"].as_str().unwrap_or(""));
+            let path = storage["Path"].as_str().unwrap_or("");
+            if !is_volume_guid_path(path) {
+                return Err(format!(
+                    "Container.Storage.Path {path:?} must be a volume GUID path \\\\?\\Volume{{GUID}}\\ (the mounted sandbox) for a process-isolated container"
+                ));
+            }
+            if !self.mounted.values().any(|v| v == path) {
+                return Err(format!(
+                    "Container.Storage.Path {path} is not the volume of an attached sandbox VHDX"
+                ));
+            }
+            let scratch = PathBuf::from(path);
             if !self.filters.contains(&scratch) {
                 return Err(format!(
                     "Container.Storage.Path {} has no storage filter attached",
@@ -378,23 +485,36 @@ impl State {
                 .as_object()
                 .cloned()
                 .unwrap_or_default();
-            let mut disks = 0;
-            for c in scsi.values() {
-                for a in c["Attachments"]
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default()
-                    .values()
-                {
+            let mut boot_scratch = false;
+            for (c, ctl) in &scsi {
+                for (lun, a) in ctl["Attachments"].as_object().cloned().unwrap_or_default() {
                     let p = PathBuf::from(a["Path"].as_str().unwrap_or(""));
-                    if a["Type"] != "VirtualDisk" || !self.vhds.contains(&p) {
+                    if a["Type"] != "VirtualDisk" {
+                        return Err(format!("SCSI attachment {a} is not a VirtualDisk"));
+                    }
+                    if c == "0" && lun == "0" {
+                        match self.uvm_scratches.get(&p) {
+                            Some(vm) if vm == id && p.is_file() => boot_scratch = true,
+                            Some(vm) => {
+                                return Err(format!(
+                                    "SCSI 0:0 {} was granted to {vm}, not to {id}",
+                                    p.display()
+                                ))
+                            }
+                            None => {
+                                return Err(format!(
+                                    "SCSI 0:0 {} is not a copy of the layer's UtilityVM\\SystemTemplate.vhdx: an empty VHDX does not boot the utility VM",
+                                    p.display()
+                                ))
+                            }
+                        }
+                    } else if !self.vhds.contains(&p) {
                         return Err(format!("SCSI attachment {a} is not a scratch VHDX"));
                     }
-                    disks += 1;
                 }
             }
-            if disks == 0 {
-                return Err("VirtualMachine has no scratch disk".into());
+            if !boot_scratch {
+                return Err("VirtualMachine has no scratch at SCSI \"0\" LUN 0".into());
             }
             if vm["GuestConnection"].is_null() {
                 return Err(
@@ -412,12 +532,17 @@ impl State {
         match host {
             Some((h, SysState::Running)) => {
                 check_schema_version(&v["HostedSystem"])?;
-                let layers = v["HostedSystem"]["Container"]["Storage"]["Layers"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
+                let storage = &v["HostedSystem"]["Container"]["Storage"];
+                let layers = storage["Layers"].as_array().cloned().unwrap_or_default();
                 if layers.is_empty() {
                     return Err("HostedSystem.Container.Storage.Layers is empty".into());
+                }
+                let path = storage["Path"].as_str().unwrap_or("");
+                let vm = &self.systems[&h];
+                if !vm.combined.contains(path) {
+                    return Err(format!(
+                        "hosted container storage {path:?} was never prepared in the guest: no MappedVirtualDisk mounted it and no CombinedLayers combined the layers there"
+                    ));
                 }
                 Ok((false, Some(h)))
             }
@@ -446,6 +571,51 @@ fn is_guid(s: &str) -> bool {
             .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+/// Checks one folder of an import source's `Files\\` recursively.
+fn check_transport_dir(dir: &Path) -> std::result::Result<(), String> {
+    let rd = fs::read_dir(dir).map_err(|e| format!("{}: {e}", p(dir)))?;
+    for e in rd {
+        let e = e.map_err(|e| e.to_string())?;
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            let meta = dir.join(format!("{name}{WCIDIRS}"));
+            let b = fs::read(&meta).map_err(|_| {
+                format!(
+                    "directory {} has no {WCIDIRS} file: not the transport format",
+                    p(&path)
+                )
+            })?;
+            check_transport_file(&meta, &b, true)?;
+            check_transport_dir(&path)?;
+        } else if !name.ends_with(WCIDIRS) {
+            let b = fs::read(&path).map_err(|e| format!("{}: {e}", p(&path)))?;
+            check_transport_file(&path, &b, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_transport_file(path: &Path, b: &[u8], dir: bool) -> std::result::Result<(), String> {
+    if b.len() < 4 {
+        return Err(format!(
+            "{}: no attribute word: not the transport format (ERROR_INVALID_DATA)",
+            p(path)
+        ));
+    }
+    let attr = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    if dir != (attr & FILE_ATTRIBUTE_DIRECTORY != 0) {
+        return Err(format!("{}: attributes {attr:#x} do not match", p(path)));
+    }
+    parse_backup_stream(&b[4..]).map_err(|e| {
+        format!(
+            "{}: not a Win32 backup stream after the attribute word: {e} (ERROR_INVALID_DATA)",
+            p(path)
+        )
+    })?;
+    Ok(())
+}
+
 /// Copies the folders and (empty) files of `from` into `to`.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::create_dir_all(to)?;
@@ -454,7 +624,9 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         let target = to.join(e.file_name());
         if e.file_type()?.is_dir() {
             copy_tree(&e.path(), &target)?;
-        } else if e.file_name() != "tombstones.txt" {
+        } else if e.file_name() != "tombstones.txt"
+            && !e.file_name().to_string_lossy().ends_with(WCIDIRS)
+        {
             fs::write(&target, b"")?;
         }
     }
@@ -474,6 +646,10 @@ impl HcsApi for HcsDouble {
         true
     }
 
+    fn has(&self, op: Op) -> bool {
+        self.lock().has(op)
+    }
+
     fn import_layer(&self, layer: &Path, source: &Path, layer_data: &str) -> Result<()> {
         let op = Op::ImportLayer;
         let mut s = self.lock();
@@ -486,12 +662,8 @@ impl HcsApi for HcsDouble {
                 format!("layer {} imported twice", p(layer)),
             ));
         }
-        if !source.join("Files").is_dir() {
-            return Err(s.refuse(
-                op,
-                hresult::HCS_E_INVALID_LAYER,
-                format!("{} has no Files folder", p(source)),
-            ));
+        if let Err(e) = s.check_transport(source) {
+            return Err(s.refuse(op, hresult::E_INVALID_DATA, e));
         }
         // HCS writes the layer's files into the layer folder; the double keeps the folder
         // structure (files are empty) so later checks (the UtilityVM boot files) see it.
@@ -541,6 +713,12 @@ impl HcsApi for HcsDouble {
                         format!("{} has no Files folder", p(layer)),
                     ));
                 }
+                // The differencing disk over the base VHDX that utility VM scratches are
+                // copied from (computestorage `SetupUtilityVMBaseLayer`).
+                let template = layer.join("SystemTemplate.vhdx");
+                fs::write(&template, b"double system template")
+                    .map_err(|e| HcsError::new(op, hresult::E_FAIL, e.to_string()))?;
+                s.templates.insert(template);
             }
             other => {
                 return Err(s.refuse(
@@ -572,15 +750,22 @@ impl HcsApi for HcsDouble {
                 "writable layer initialized twice",
             ));
         }
-        if !writable.is_dir() {
+        let volume = writable.to_string_lossy().into_owned();
+        if is_volume_guid_path(&volume) {
+            if !s.mounted.values().any(|v| *v == volume) {
+                return Err(s.refuse(
+                    op,
+                    hresult::E_PATH_NOT_FOUND,
+                    format!("{volume} is not an attached volume"),
+                ));
+            }
+        } else if !writable.is_dir() {
             return Err(s.refuse(
                 op,
                 hresult::E_PATH_NOT_FOUND,
                 format!("{} does not exist", p(writable)),
             ));
         }
-        fs::write(writable.join("sandbox.vhdx"), b"double vhdx")
-            .map_err(|e| HcsError::new(op, hresult::E_FAIL, e.to_string()))?;
         s.writable.insert(writable.to_path_buf());
         Ok(())
     }
@@ -598,6 +783,63 @@ impl HcsApi for HcsDouble {
         fs::write(vhd, b"double vhdx")
             .map_err(|e| HcsError::new(op, hresult::E_FAIL, e.to_string()))?;
         s.vhds.insert(vhd.to_path_buf());
+        Ok(())
+    }
+
+    fn mount_sandbox_vhd(&self, vhd: &Path, size_gb: u64) -> Result<String> {
+        let op = Op::MountSandboxVhd;
+        let mut s = self.lock();
+        s.record(op, vec![p(vhd), size_gb.to_string()])?;
+        if size_gb == 0 || vhd.exists() || !vhd.parent().is_some_and(Path::is_dir) {
+            return Err(s.refuse(
+                op,
+                hresult::E_INVALIDARG,
+                format!("cannot create {}", p(vhd)),
+            ));
+        }
+        fs::write(vhd, b"double sandbox vhdx")
+            .map_err(|e| HcsError::new(op, hresult::E_FAIL, e.to_string()))?;
+        let n = s.new_handle();
+        let volume = format!(r"\\?\Volume{{0000{n:04x}-0000-4000-8000-{n:012x}}}\");
+        s.mounted.insert(vhd.to_path_buf(), volume.clone());
+        Ok(volume)
+    }
+
+    fn detach_sandbox_vhd(&self, vhd: &Path) -> Result<()> {
+        let op = Op::DetachSandboxVhd;
+        let mut s = self.lock();
+        s.record(op, vec![p(vhd)])?;
+        let Some(volume) = s.mounted.get(vhd).cloned() else {
+            // Not a violation: sweep detaches blindly.
+            return Err(HcsError::new(op, hresult::E_NOT_FOUND, "not attached"));
+        };
+        if s.filters.contains(Path::new(&volume)) {
+            s.violation(op, format!("{} detached before its storage filter", p(vhd)));
+        }
+        s.mounted.remove(vhd);
+        s.writable.remove(Path::new(&volume));
+        let _ = fs::remove_file(vhd);
+        Ok(())
+    }
+
+    fn create_uvm_scratch(&self, template: &Path, scratch: &Path, vm_id: &str) -> Result<()> {
+        let op = Op::CreateUvmScratch;
+        let mut s = self.lock();
+        s.record(op, vec![p(template), p(scratch), vm_id.into()])?;
+        if !s.templates.contains(template) || !template.is_file() {
+            return Err(s.refuse(
+                op,
+                hresult::E_FILE_NOT_FOUND,
+                format!(
+                    "{} is not a SystemTemplate.vhdx prepared by HcsSetupBaseOSLayer",
+                    p(template)
+                ),
+            ));
+        }
+        fs::copy(template, scratch)
+            .map_err(|e| HcsError::new(op, hresult::E_FAIL, e.to_string()))?;
+        s.uvm_scratches
+            .insert(scratch.to_path_buf(), vm_id.to_owned());
         Ok(())
     }
 
@@ -684,10 +926,33 @@ impl HcsApi for HcsDouble {
                 format!("system {id} exists"),
             ));
         }
-        let (is_vm, hosting) = match s.check_compute_system(&v) {
+        let (is_vm, hosting) = match s.check_compute_system(id, &v) {
             Ok(k) => k,
             Err(e) => return Err(s.refuse(op, hresult::HCS_E_INVALID_JSON, e)),
         };
+        let devices = &v["VirtualMachine"]["Devices"];
+        let scsi = devices["Scsi"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(c, ctl)| {
+                        let luns = ctl["Attachments"]
+                            .as_object()
+                            .map(|a| a.keys().cloned().collect())
+                            .unwrap_or_default();
+                        (c.clone(), luns)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shares = devices["VirtualSmb"]["Shares"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|sh| sh["Name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
         let h = s.new_handle();
         s.systems.insert(
             h,
@@ -697,6 +962,10 @@ impl HcsApi for HcsDouble {
                 closed: false,
                 is_vm,
                 hosting,
+                scsi,
+                shares,
+                mapped: BTreeSet::new(),
+                combined: BTreeSet::new(),
             },
         );
         Ok(SystemHandle(h))
@@ -727,6 +996,106 @@ impl HcsApi for HcsDouble {
             x.state = SysState::Running;
         }
         Ok(())
+    }
+
+    fn modify_compute_system(&self, system: SystemHandle, request: &str) -> Result<()> {
+        let op = Op::ModifyComputeSystem;
+        let mut s = self.lock();
+        s.record(op, vec![format!("#{}", system.0), request.into()])?;
+        let sys = s.system(op, system)?;
+        let v = s.parse(op, request)?;
+        s.documents.push((op, v.clone()));
+        if !sys.is_vm || sys.state != SysState::Running {
+            return Err(s.refuse(
+                op,
+                hresult::HCS_E_INVALID_STATE,
+                "guest requests need a running utility VM",
+            ));
+        }
+        let g = &v["GuestRequest"];
+        let settings = &g["Settings"];
+        if g["RequestType"] != "Add" {
+            return Err(s.refuse(op, hresult::E_INVALIDARG, "only Add is modelled"));
+        }
+        let resource = v["ResourcePath"].as_str().unwrap_or("");
+        match g["ResourceType"].as_str().unwrap_or("") {
+            "MappedVirtualDisk" => {
+                let parts: Vec<&str> = resource.split('/').collect();
+                let ok_path = parts.len() == 6
+                    && parts[..3] == ["VirtualMachine", "Devices", "Scsi"]
+                    && parts[4] == "Attachments";
+                let (ctl, lun) = if ok_path {
+                    (parts[3], parts[5])
+                } else {
+                    ("", "")
+                };
+                let disk = PathBuf::from(v["Settings"]["Path"].as_str().unwrap_or(""));
+                let problem = if !ok_path || v["RequestType"] != "Add" {
+                    Some(format!(
+                        "ResourcePath {resource:?} is not a SCSI attachment"
+                    ))
+                } else if !sys.scsi.contains_key(ctl) {
+                    Some(format!("the utility VM has no SCSI controller {ctl:?}"))
+                } else if sys.scsi[ctl].contains(lun) {
+                    Some(format!("SCSI {ctl}:{lun} is in use"))
+                } else if v["Settings"]["Type"] != "VirtualDisk" || !s.vhds.contains(&disk) {
+                    Some(format!("{} is not a scratch VHDX", p(&disk)))
+                } else if settings["Lun"].as_u64().map(|l| l.to_string()).as_deref() != Some(lun) {
+                    Some("MappedVirtualDisk Lun differs from the attachment's".into())
+                } else if settings["ContainerPath"].as_str().unwrap_or("").is_empty() {
+                    Some("MappedVirtualDisk without ContainerPath".into())
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    return Err(s.refuse(op, hresult::E_INVALIDARG, problem));
+                }
+                let guest = settings["ContainerPath"].as_str().unwrap_or("").to_owned();
+                if let Some(x) = s.systems.get_mut(&system.0) {
+                    x.scsi
+                        .entry(ctl.to_owned())
+                        .or_default()
+                        .insert(lun.to_owned());
+                    x.mapped.insert(guest);
+                }
+                Ok(())
+            }
+            "CombinedLayers" => {
+                let root = settings["ContainerRootPath"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                let layers = settings["Layers"].as_array().cloned().unwrap_or_default();
+                let problem = if !resource.is_empty() {
+                    Some("CombinedLayers is a guest-only request".to_owned())
+                } else if !sys.mapped.contains(&root) {
+                    Some(format!(
+                        "CombinedLayers over {root:?}, which no MappedVirtualDisk mounted"
+                    ))
+                } else if layers.is_empty() {
+                    Some("CombinedLayers without layers".into())
+                } else {
+                    layers.iter().find_map(|l| {
+                        let path = l["Path"].as_str().unwrap_or("");
+                        let share = path.strip_prefix(VSMB_SHARE_PREFIX).unwrap_or("");
+                        (!sys.shares.contains(share))
+                            .then(|| format!("layer {path:?} is not a VSMB share of the VM"))
+                    })
+                };
+                if let Some(problem) = problem {
+                    return Err(s.refuse(op, hresult::E_INVALIDARG, problem));
+                }
+                if let Some(x) = s.systems.get_mut(&system.0) {
+                    x.combined.insert(root);
+                }
+                Ok(())
+            }
+            other => Err(s.refuse(
+                op,
+                hresult::E_INVALIDARG,
+                format!("guest request {other:?} is not modelled"),
+            )),
+        }
     }
 
     fn terminate_compute_system(&self, system: SystemHandle) -> Result<()> {
@@ -833,6 +1202,7 @@ impl HcsApi for HcsDouble {
                     format!("{}ms", timeout.as_millis()),
                 ],
             )?;
+            s.require(op)?;
             match s.processes.get(&process.0) {
                 Some(pr) if !pr.closed => {}
                 _ => {
@@ -860,6 +1230,26 @@ impl HcsApi for HcsDouble {
                 Ok(None)
             }
         }
+    }
+
+    fn get_process_exit(&self, process: ProcessHandle) -> Result<Option<ProcessExit>> {
+        let op = Op::GetProcessProperties;
+        let mut s = self.lock();
+        s.record(op, vec![format!("#{}", process.0)])?;
+        match s.processes.get(&process.0) {
+            Some(pr) if !pr.closed => {}
+            _ => {
+                return Err(s.refuse(
+                    op,
+                    hresult::E_INVALIDARG,
+                    format!("properties of unknown or closed process #{}", process.0),
+                ))
+            }
+        }
+        Ok((!s.script.hang).then(|| ProcessExit {
+            exit_code: s.script.exit_code,
+            output: s.script.output.clone(),
+        }))
     }
 
     fn close_process(&self, process: ProcessHandle) {

@@ -31,8 +31,13 @@ pub struct HcsConfig {
     pub uvm_memory_mb: u64,
     /// Utility VM virtual processors.
     pub uvm_processors: u32,
-    /// Size of each scratch VHDX in GB (Hyper-V isolation).
+    /// Size of each scratch VHDX in GB (the process-isolated sandbox and the Hyper-V
+    /// container's scratch).
     pub scratch_size_gb: u64,
+    /// How often the exit of the probe is polled on hosts without `HcsWaitForProcessExit`.
+    pub poll_interval: Duration,
+    /// Pause between attempts to mount the sandbox after ERROR_NOT_READY (hcsshim: 100 ms).
+    pub mount_retry_pause: Duration,
     /// Watchdog for every HCS call but the wait for the probe.
     pub call_timeout: Duration,
     /// Extra time the wait for the probe gets before its watchdog fires.
@@ -45,6 +50,8 @@ impl Default for HcsConfig {
             uvm_memory_mb: doc::DEFAULT_UVM_MEMORY_MB,
             uvm_processors: doc::DEFAULT_UVM_PROCESSORS,
             scratch_size_gb: 20,
+            poll_interval: Duration::from_millis(250),
+            mount_retry_pause: Duration::from_millis(100),
             call_timeout: Duration::from_secs(600),
             wait_grace: Duration::from_secs(30),
         }
@@ -111,9 +118,11 @@ impl<A: HcsApi> HcsRunner<A> {
 struct Created {
     /// Layer folders handed to HCS (imported or set up), base first.
     layers: Vec<PathBuf>,
-    /// The writable layer, once initialization was attempted.
+    /// The scratch folder (destroyed after the layers' filter and disk are gone).
     writable: Option<PathBuf>,
-    /// The writable layer with its storage filter attached.
+    /// The sandbox VHDX, attached.
+    sandbox: Option<PathBuf>,
+    /// The sandbox volume with its storage filter attached.
     filter: Option<PathBuf>,
     /// Compute systems, in creation order, with "started and not yet stopped".
     systems: Vec<(SystemHandle, bool)>,
@@ -180,6 +189,12 @@ fn s(p: &Path) -> String {
 fn io_stop(what: &str, e: std::io::Error) -> Stop {
     Stop::Host(format!("{what}: {e}"))
 }
+
+/// Attempts at mounting the sandbox (hcsshim `wcow_mount.go`: 5).
+const MOUNT_ATTEMPTS: usize = 5;
+
+/// Where the hosted container's storage lives in the utility VM.
+const GUEST_ROOT: &str = doc::HOSTED_SCRATCH_GUEST_PATH;
 
 /// The folder of layer `i` (base = 0) in the run directory.
 fn layer_folder(dir: &Path, i: usize, digest: &str) -> PathBuf {
@@ -248,34 +263,43 @@ impl<A: HcsApi> HcsRunner<A> {
                 .await?;
                 if u.has_utility_vm {
                     uvm_layer = Some(folder.clone());
-                    if req.isolation == Isolation::HyperV {
-                        let uvm = folder.join("UtilityVM");
-                        let vhd = uvm.join("SystemTemplateBase.vhdx");
-                        let opts = doc::to_json(&doc::vm_base_options());
-                        self.hcs(Op::SetupBaseOsLayer, move |a| {
-                            a.setup_base_os_layer(&uvm, &vhd, &opts)
-                        })
-                        .await?;
-                    }
                 }
             } else {
+                // The transport format (hcsshim legacyLayerWriter): the source gets Files\ and
+                // Hives\; UtilityVM\ goes straight into the new layer folder.
                 let src = dir.join("import").join(format!("{i:02}"));
-                let s2 = src.clone();
+                std::fs::create_dir_all(&folder)
+                    .map_err(|e| io_stop("creating a layer folder", e))?;
+                c.layers.push(folder.clone());
+                let parents: Vec<PathBuf> = folders.iter().rev().cloned().collect();
+                let (s2, f2, p2) = (src.clone(), folder.clone(), parents.clone());
                 let u = tokio::task::spawn_blocking(move || {
-                    unpack::unpack_layer(&l, &s2, Target::Import, &b)
+                    unpack::unpack_layer(
+                        &l,
+                        &s2,
+                        Target::Import {
+                            layer: &f2,
+                            parents: &p2,
+                        },
+                        &b,
+                    )
                 })
                 .await
                 .map_err(|e| Stop::Host(format!("unpack task: {e}")))?
                 .map_err(Stop::Unpack)?;
-                let parents: Vec<DocLayer> =
-                    folders.iter().rev().map(|p| DocLayer::at(&s(p))).collect();
-                let data = doc::to_json(&doc::layer_data(&parents));
-                c.layers.push(folder.clone());
+                let parent_layers: Vec<DocLayer> =
+                    parents.iter().map(|p| DocLayer::at(&s(p))).collect();
+                let data = doc::to_json(&doc::layer_data(&parent_layers));
                 let (f, s3) = (folder.clone(), src.clone());
                 self.hcs(Op::ImportLayer, move |a| a.import_layer(&f, &s3, &data))
                     .await?;
+                let (f, has_uvm) = (folder.clone(), u.has_utility_vm);
+                tokio::task::spawn_blocking(move || unpack::finish_import(&f, &u))
+                    .await
+                    .map_err(|e| Stop::Host(format!("import task: {e}")))?
+                    .map_err(|e| io_stop("whiteouts and hard links after the import", e))?;
                 let _ = std::fs::remove_dir_all(&src);
-                if u.has_utility_vm {
+                if has_uvm {
                     uvm_layer = Some(folder.clone());
                 }
             }
@@ -296,21 +320,11 @@ impl<A: HcsApi> HcsRunner<A> {
                 std::fs::create_dir_all(&scratch)
                     .map_err(|e| io_stop("creating the scratch folder", e))?;
                 c.writable = Some(scratch.clone());
-                let (w, d) = (scratch.clone(), data.clone());
-                self.hcs(Op::InitializeWritableLayer, move |a| {
-                    a.initialize_writable_layer(&w, &d, "")
-                })
-                .await?;
-                let (w, d) = (scratch.clone(), data.clone());
-                self.hcs(Op::AttachLayerStorageFilter, move |a| {
-                    a.attach_layer_storage_filter(&w, &d)
-                })
-                .await?;
-                c.filter = Some(scratch.clone());
+                let volume = self.mount_sandbox(&scratch, &data, c).await?;
                 let document = doc::to_json(&doc::process_container(&doc::ContainerSpec {
                     hostname: req.container_id.clone(),
                     layers: layers.clone(),
-                    scratch: s(&scratch),
+                    scratch: volume,
                 }));
                 let id = req.container_id.clone();
                 let h = self
@@ -330,20 +344,37 @@ impl<A: HcsApi> HcsRunner<A> {
                 let uvm_dir = dir.join("uvm");
                 std::fs::create_dir_all(&uvm_dir)
                     .map_err(|e| io_stop("creating the uvm folder", e))?;
-                let uvm_vhd = uvm_dir.join("uvm-scratch.vhdx");
-                let ctr_vhd = uvm_dir.join("container-scratch.vhdx");
-                for vhd in [&uvm_vhd, &ctr_vhd] {
-                    let (v, size) = (vhd.clone(), self.config.scratch_size_gb);
-                    self.hcs(Op::CreateScratchVhd, move |a| {
-                        a.create_scratch_vhd(&v, size)
-                    })
-                    .await?;
-                }
+                // The utility VM's image: SystemTemplateBase.vhdx and its differencing
+                // SystemTemplate.vhdx in the topmost layer with a UtilityVM (computestorage
+                // SetupUtilityVMBaseLayer; hcsshim ProcessUtilityVMImage at import).
+                let uvm_image = uvm_layer.join("UtilityVM");
+                let (u, vhd) = (uvm_image.clone(), uvm_image.join("SystemTemplateBase.vhdx"));
+                let opts = doc::to_json(&doc::vm_base_options());
+                self.hcs(Op::SetupBaseOsLayer, move |a| {
+                    a.setup_base_os_layer(&u, &vhd, &opts)
+                })
+                .await?;
                 let uvm_id = format!("{}-uvm", req.container_id);
+                // Its scratch: a copy of SystemTemplate.vhdx the VM may open (wcow/scratch.go).
+                let uvm_vhd = uvm_dir.join("sandbox.vhdx");
+                let (t, v, id) = (
+                    uvm_image.join("SystemTemplate.vhdx"),
+                    uvm_vhd.clone(),
+                    uvm_id.clone(),
+                );
+                self.hcs(Op::CreateUvmScratch, move |a| {
+                    a.create_uvm_scratch(&t, &v, &id)
+                })
+                .await?;
+                let ctr_vhd = uvm_dir.join("container-scratch.vhdx");
+                let (v, size) = (ctr_vhd.clone(), self.config.scratch_size_gb);
+                self.hcs(Op::CreateScratchVhd, move |a| {
+                    a.create_scratch_vhd(&v, size)
+                })
+                .await?;
                 let uvm_doc = doc::to_json(&doc::utility_vm(&doc::UtilityVmSpec {
-                    os_files: s(&uvm_layer.join("UtilityVM").join("Files")),
+                    os_files: s(&uvm_image.join("Files")),
                     uvm_scratch_vhd: s(&uvm_vhd),
-                    container_scratch_vhd: s(&ctr_vhd),
                     layers: layers.clone(),
                     memory_mb: self.config.uvm_memory_mb,
                     processors: self.config.uvm_processors,
@@ -359,6 +390,22 @@ impl<A: HcsApi> HcsRunner<A> {
                     .await?;
                 if let Some(x) = c.systems.last_mut() {
                     x.1 = true;
+                }
+                // The hosted container's storage, prepared in the guest through HCS
+                // (hcsshim c68147485 uvm/scsi.go addSCSIActual, uvm/combine_layers.go).
+                for request in [
+                    doc::add_mapped_virtual_disk(
+                        &s(&ctr_vhd),
+                        doc::CONTAINER_SCRATCH_LUN,
+                        GUEST_ROOT,
+                    ),
+                    doc::combine_layers(GUEST_ROOT, &doc::guest_layers(&layers)),
+                ] {
+                    let request = doc::to_json(&request);
+                    self.hcs(Op::ModifyComputeSystem, move |a| {
+                        a.modify_compute_system(uvm, &request)
+                    })
+                    .await?;
                 }
                 let hosted =
                     doc::to_json(&doc::hosted_container(&uvm_id, &req.container_id, &layers));
@@ -400,13 +447,29 @@ impl<A: HcsApi> HcsRunner<A> {
         // --- wait, bounded by the job's timeout ---
         let t3 = Instant::now();
         let timeout = req.timeout;
-        let exit = self
-            .call(
+        let exit = if self.api.has(Op::WaitForProcessExit) {
+            self.call(
                 Op::WaitForProcessExit,
                 timeout + self.config.wait_grace,
                 move |a| a.wait_for_process_exit(process, timeout),
             )
-            .await?;
+            .await?
+        } else {
+            // 17763 has no HcsWaitForProcessExit: poll the process status until the deadline.
+            let deadline = Instant::now() + timeout;
+            loop {
+                let exit = self
+                    .hcs(Op::GetProcessProperties, move |a| {
+                        a.get_process_exit(process)
+                    })
+                    .await?;
+                let now = Instant::now();
+                if exit.is_some() || now >= deadline {
+                    break exit;
+                }
+                tokio::time::sleep(self.config.poll_interval.min(deadline - now)).await;
+            }
+        };
         let outcome = match exit {
             Some(exit) => {
                 t.exit_ms = ms(t3.elapsed());
@@ -459,6 +522,70 @@ impl<A: HcsApi> HcsRunner<A> {
         Ok(outcome)
     }
 
+    /// The process-isolated container's storage (hcsshim `mountProcessIsolatedWCIFSLayers`):
+    /// `scratch\sandbox.vhdx` created, formatted and attached without a drive letter; on its
+    /// volume the writable layer is initialized and the storage filter attached over the
+    /// layers in `data`. ERROR_NOT_READY / ERROR_DEVICE_NOT_CONNECTED (the RS5 flake) undo what
+    /// was done and try again, up to [`MOUNT_ATTEMPTS`] times. Returns the volume path.
+    async fn mount_sandbox(
+        &self,
+        scratch: &Path,
+        data: &str,
+        c: &mut Created,
+    ) -> Result<String, Stop> {
+        let vhd = scratch.join("sandbox.vhdx");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.try_mount_sandbox(&vhd, data, c).await;
+            match r {
+                Ok(volume) => return Ok(volume),
+                Err(e) if api::is_retryable_mount(e.hresult) && attempt < MOUNT_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "retrying the sandbox mount");
+                    if let Some(w) = c.filter.take() {
+                        let _ = self
+                            .hcs(Op::DetachLayerStorageFilter, move |a| {
+                                a.detach_layer_storage_filter(&w)
+                            })
+                            .await;
+                    }
+                    if let Some(v) = c.sandbox.take() {
+                        let _ = self
+                            .hcs(Op::DetachSandboxVhd, move |a| a.detach_sandbox_vhd(&v))
+                            .await;
+                    }
+                    tokio::time::sleep(self.config.mount_retry_pause).await;
+                }
+                Err(e) => return Err(Stop::Hcs(e)),
+            }
+        }
+    }
+
+    async fn try_mount_sandbox(
+        &self,
+        vhd: &Path,
+        data: &str,
+        c: &mut Created,
+    ) -> api::Result<String> {
+        let (v, size) = (vhd.to_path_buf(), self.config.scratch_size_gb);
+        let volume = self
+            .hcs(Op::MountSandboxVhd, move |a| a.mount_sandbox_vhd(&v, size))
+            .await?;
+        c.sandbox = Some(vhd.to_path_buf());
+        let (w, d) = (PathBuf::from(&volume), data.to_owned());
+        self.hcs(Op::InitializeWritableLayer, move |a| {
+            a.initialize_writable_layer(&w, &d, "")
+        })
+        .await?;
+        let (w, d) = (PathBuf::from(&volume), data.to_owned());
+        self.hcs(Op::AttachLayerStorageFilter, move |a| {
+            a.attach_layer_storage_filter(&w, &d)
+        })
+        .await?;
+        c.filter = Some(PathBuf::from(&volume));
+        Ok(volume)
+    }
+
     /// Undoes what `c` lists, newest first; returns what could not be undone.
     async fn cleanup(&self, dir: &Path, c: Created) -> Vec<String> {
         let mut errors = Vec::new();
@@ -490,11 +617,20 @@ impl<A: HcsApi> HcsRunner<A> {
                 })
                 .await;
         }
+        // The filter first, then the disk (hcsshim wcowHostWCIFSLayerCloser.Release).
         if let Some(w) = c.filter {
             if let Err(e) = self
                 .hcs(Op::DetachLayerStorageFilter, move |a| {
                     a.detach_layer_storage_filter(&w)
                 })
+                .await
+            {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(v) = c.sandbox {
+            if let Err(e) = self
+                .hcs(Op::DetachSandboxVhd, move |a| a.detach_sandbox_vhd(&v))
                 .await
             {
                 errors.push(e.to_string());
@@ -534,12 +670,11 @@ impl<A: HcsApi> HcsRunner<A> {
         let mut errors = Vec::new();
         let scratch = dir.join("scratch");
         if scratch.exists() {
-            let w = scratch.clone();
-            // Not attached any more is fine.
+            // The sandbox disk went with the crashed process's handle (it is attached without
+            // PERMANENT_LIFETIME), and its filter with the volume; detaching again is harmless.
+            let v = scratch.join("sandbox.vhdx");
             let _ = self
-                .hcs(Op::DetachLayerStorageFilter, move |a| {
-                    a.detach_layer_storage_filter(&w)
-                })
+                .hcs(Op::DetachSandboxVhd, move |a| a.detach_sandbox_vhd(&v))
                 .await;
             let w = scratch.clone();
             if let Err(e) = self
