@@ -44,6 +44,9 @@ cargo build --release --workspace --all-targets
 step "type-check the Windows-only code (berth-verifier, HCS runner) for x86_64-pc-windows-gnu"
 WINDOWS_TARGET_DIR="$REPO/target/windows" bash tests/windows-check.sh
 
+step "link berth-verifier.exe for Windows and check its import table (no load-time HCS imports)"
+WINDOWS_TARGET_DIR="$REPO/target/windows" bash tests/windows-imports.sh
+
 step "unit and integration tests (cargo)"
 cargo test --release --workspace 2>&1 | tee /tmp/berth-cargo-test.log
 grep -q '^test result: ok' /tmp/berth-cargo-test.log
