@@ -135,7 +135,11 @@ impl VerifyPool {
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
         let (otx, orx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = otx.send(f());
+            // A caller that went away (a cancelled request) has already given back its
+            // login slot: its verification must not run behind the others' backs.
+            if !otx.is_closed() {
+                let _ = otx.send(f());
+            }
         });
         self.tx.send(job).ok()?;
         orx.await.ok()
@@ -332,4 +336,42 @@ fn dummy_hash() -> String {
     static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     H.get_or_init(|| password::hash("berth-dummy-password").unwrap_or_default())
         .clone()
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::VerifyPool;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Found in review: the queue outlived cancelled callers, so send-then-cancel piled up
+    /// argon2 runs beyond the login semaphore's bound.
+    #[tokio::test]
+    async fn cancelled_verifications_do_not_run() {
+        let pool = VerifyPool::new(1);
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let mut blocker = Box::pin(pool.run(move || {
+            let _ = started_tx.send(());
+            let _ = gate_rx.recv();
+        }));
+        // Poll it once (the job is sent on the first poll) and wait until the one thread runs it.
+        let _ = tokio::time::timeout(Duration::from_millis(10), &mut blocker).await;
+        started_rx.recv().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..20 {
+            let r = ran.clone();
+            let fut = pool.run(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+            // Queued behind the blocker, then the caller goes away.
+            let _ = tokio::time::timeout(Duration::from_millis(1), fut).await;
+        }
+        gate_tx.send(()).unwrap();
+        blocker.await.unwrap();
+        let r = ran.clone();
+        pool.run(move || r.load(Ordering::SeqCst)).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
 }

@@ -235,9 +235,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(a) = &auth {
         a.authorizer.warm_up().await;
         if cfg.auth.realm.is_empty() && addr.ip().is_unspecified() {
-            tracing::info!(
-                "auth.realm is not set: challenges name the local address each client connected to; \
-                 set auth.realm to the URL clients reach berth's /auth/token at"
+            tracing::warn!(
+                "auth.realm is not set: challenges name the local address each client connected to, \
+                 which clients behind NAT, a proxy or a TLS name cannot use; set auth.realm to the URL \
+                 clients reach berth's /auth/token at (e.g. https://registry.example.com/auth/token)"
             );
         }
     }

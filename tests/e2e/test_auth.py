@@ -1465,3 +1465,21 @@ def test_tls_handshake_timeout(berth_factory, tmp_path):
     assert 8 <= elapsed <= 16, elapsed
     r = requests.get(f"https://{b.addr}/v2/", verify=str(tls["ca_crt"]), timeout=10)
     assert_unauthorized(r, b, scheme="https")
+
+
+def test_refresh_grants_are_not_login_attempts(berth_factory, tmp_path):
+    """Found in review: refresh grants took a failed-login slot per client IP before any check, so
+    stale refresh tokens (or more than `failed_login_limit` grants in flight) from one IP got 429
+    for every valid refresh from that IP. A refresh token is signed: there is nothing to guess,
+    and checking one costs no argon2 run."""
+    reg = berth_factory(config=ak.auth_config(), name="refresh-limit")   # failed_login_limit 10
+    reg.admin_pw = ak.add_user(reg, "admin", admin=True)
+    name, pw = new_user(reg, [])
+    stale = _offline_login(reg, name, pw)
+    r = _refresh(reg, stale, offline=True)   # rotates: `stale` is now revoked
+    assert r.status_code == 200, r.text
+    fresh = r.json()["refresh_token"]
+    for _ in range(15):   # above the default failed_login_limit (10)
+        assert _refresh(reg, stale).status_code == 401
+    r = _refresh(reg, fresh)
+    assert r.status_code == 200, (r.status_code, r.text)

@@ -608,6 +608,16 @@ def test_job_of_another_repository_answers_like_a_missing_one(env, manual):
     assert hidden.status_code == missing.status_code == 404, (hidden.text, missing.text)
     assert hidden.json()["errors"][0]["code"] == missing.json()["errors"][0]["code"]
     assert "manual/p-oracle" not in hidden.text
+    # The worker protocol's job routes answer alike too (found in review: 403 naming the
+    # repository for an existing job, 404 for a missing one).
+    for path, body in [("heartbeat", {"lease": "x", "phase": "x"}), ("result", {"lease": "x", "status": "passed", "runner": "manual", "host": {
+            "worker": "w", "name": "manual", "platform": {"os": "linux", "architecture": "amd64"}}})]:
+        hidden = requests.post(f"{env.reg.url}/berth/v1/verify/jobs/{jobs[0]['id']}/{path}", json=body,
+                               auth=auth, timeout=30)
+        missing = requests.post(f"{env.reg.url}/berth/v1/verify/jobs/987654321/{path}", json=body,
+                                auth=auth, timeout=30)
+        assert hidden.status_code == missing.status_code == 404, (path, hidden.text, missing.text)
+        assert "manual/p-oracle" not in hidden.text, hidden.text
     # the admin sees it
     assert env.api("GET", f"/berth/v1/verify/jobs/{jobs[0]['id']}").status_code == 200
 

@@ -235,12 +235,9 @@ pub fn apply_tar_within(root: &Path, r: impl Read, budget: &Budget) -> Result<us
         let mut e = entry.context("reading a layer entry")?;
         n += 1;
         let kind = e.header().entry_type();
-        let size = if kind.is_file() || kind == tar::EntryType::GNUSparse {
-            e.size()
-        } else {
-            0
-        };
-        budget.take(size)?;
+        // Every entry's content counts: tar-rs writes `Continuous` and unknown typeflags as
+        // regular files, and GNU sparse entries report their full size.
+        budget.take(e.size())?;
         let raw = e.path().context("layer entry path")?.into_owned();
         let Some(rel) = clean(&raw)? else {
             continue;
@@ -426,6 +423,35 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    /// Found in review: tar-rs writes `Continuous` ('7') and unknown typeflags as regular
+    /// files, so a cap that charged only `Regular` entries let such a bomb through.
+    #[test]
+    fn the_cap_charges_every_entry_type() {
+        for kind in [tar::EntryType::Continuous, tar::EntryType::new(b'Z')] {
+            let root = tempfile::tempdir().unwrap();
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(4 << 20);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, "big", std::io::repeat(0).take(4 << 20))
+                .unwrap();
+            let budget = Budget::new(Limits {
+                max_bytes: 1 << 20,
+                max_entries: 100,
+            });
+            let err = apply_tar_within(root.path(), &b.into_inner().unwrap()[..], &budget)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("layer expands beyond the limit"),
+                "{kind:?}: {err}"
+            );
+            assert!(!root.path().join("big").exists(), "{kind:?}");
+        }
     }
 
     #[test]

@@ -193,7 +193,8 @@ pub async fn post_token(
             let Some(t) = get("refresh_token") else {
                 return Err(bad_credentials());
             };
-            a.reserve(NO_ACCOUNT, peer.ip())?;
+            // Not a login attempt: a refresh token is signed, so there is nothing to guess and
+            // no argon2 run to bound; the failed-login limiter stays out of it.
             // berth's own refresh tokens only (never a trusted issuer's), still on record.
             let claims = match a.keys.verify(t, &a.cfg.service, true) {
                 Ok(c) if c.iss == a.cfg.issuer => c,
@@ -217,7 +218,6 @@ pub async fn post_token(
                 tracing::info!(user = %claims.sub, client.ip = %peer.ip(), "refused a revoked refresh token");
                 return Err(revoked());
             }
-            a.refund(NO_ACCOUNT, peer.ip());
             let refresh = if offline {
                 Refresh::Rotate(&claims.jti)
             } else {

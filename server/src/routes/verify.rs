@@ -281,6 +281,8 @@ async fn job_for_worker(st: &AppState, who: &Who, id: i64) -> Result<JobRow, Api
         .meta
         .job(id)
         .await?
+        // A job on a repository the caller may not even pull answers like a missing one.
+        .filter(|j| who.may(&j.repository, Action::Pull))
         .ok_or_else(|| not_found(&format!("job {id}")))?;
     who.require(&job.repository, Action::Verify)?;
     Ok(job)

@@ -598,15 +598,9 @@ pub fn unpack_tar_within(
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
         let mut entry = entry?;
-        let size = if entry.header().entry_type().is_file()
-            || entry.header().entry_type() == tar::EntryType::GNUSparse
-        {
-            entry.size()
-        } else {
-            0
-        };
+        // Every entry's content counts, whatever its typeflag says.
         budget
-            .take(size)
+            .take(entry.size())
             .map_err(|e| Failure::Invalid(e.to_string()))?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8(raw)
