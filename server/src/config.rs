@@ -337,6 +337,15 @@ impl Config {
                     t.issuer
                 );
             }
+            // Local principals are recognised by berth's own `iss`: a trusted issuer of the
+            // same name would mint tokens for local users and admins.
+            if t.issuer == self.auth.issuer {
+                anyhow::bail!(
+                    "invalid value for key \"auth.trust\": issuer {:?} is auth.issuer, berth's own \
+                     name; give this berth (or the trusted one) another auth.issuer",
+                    t.issuer
+                );
+            }
         }
         if self.storage.backend == Backend::S3 {
             if self.storage.s3.bucket.is_empty() {
@@ -398,6 +407,21 @@ mod tests {
         std::fs::write(&f, "[log]\nformat = \"xml\"\n").unwrap();
         let e = Config::load(Some(&f), false).unwrap_err().to_string();
         assert!(e.contains("format"), "{e}");
+    }
+
+    /// Found in review: a trusted issuer named like berth's own made its tokens name local
+    /// users (and admins), since local principals are recognised by `iss`.
+    #[test]
+    fn a_trusted_issuer_cannot_share_berths_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[auth]\nissuer = \"berth\"\n[[auth.trust]]\nissuer = \"berth\"\npublic_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), false).unwrap_err().to_string();
+        assert!(e.contains("auth.trust") && e.contains("auth.issuer"), "{e}");
     }
 
     #[test]
