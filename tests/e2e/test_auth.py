@@ -956,8 +956,9 @@ def _public_pem(priv_pem):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def test_trusted_external_issuers(berth_factory, tmp_path):
-    """[[auth.trust]]: tokens of another issuer, by JWKS (ES256) or PEM public key (RS256)."""
+def _two_trusted_issuers(tmp_path):
+    """Keys of two external issuers and the [[auth.trust]] config naming them: corp-token-server
+    by JWKS (ES256), rsa-token-server by PEM public key (RS256)."""
     corp_key = ak.new_ec_key_pem()
     corp_jwk = jwt.algorithms.ECAlgorithm.to_jwk(
         serialization.load_pem_private_key(corp_key, None).public_key(), as_dict=True)
@@ -967,6 +968,12 @@ def test_trusted_external_issuers(berth_factory, tmp_path):
     (tmp_path / "rsa.pem").write_bytes(_public_pem(rsa_key))
     extra = (f'[[auth.trust]]\nissuer = "corp-token-server"\njwks = "{tmp_path / "corp-jwks.json"}"\n'
              f'[[auth.trust]]\nissuer = "rsa-token-server"\npublic_key = "{tmp_path / "rsa.pem"}"\n')
+    return corp_key, rsa_key, extra
+
+
+def test_trusted_external_issuers(berth_factory, tmp_path):
+    """[[auth.trust]]: tokens of another issuer, by JWKS (ES256) or PEM public key (RS256)."""
+    corp_key, rsa_key, extra = _two_trusted_issuers(tmp_path)
     b = berth_factory(config=ak.auth_config(anonymous_pull=[], extra=extra), name="trust")
     pw = ak.add_user(b, "admin", admin=True)
     repo = "corp/app"
@@ -1182,15 +1189,7 @@ def _offline_login(b, user, pw, scopes=()):
 def test_refresh_grant_refuses_a_trusted_external_issuers_refresh_token(berth_factory, tmp_path):
     """#1: a token of a trusted [[auth.trust]] issuer with refresh:true and sub:admin is no refresh
     token here: it must not be exchanged for a berth admin token."""
-    corp_key = ak.new_ec_key_pem()
-    corp_jwk = jwt.algorithms.ECAlgorithm.to_jwk(
-        serialization.load_pem_private_key(corp_key, None).public_key(), as_dict=True)
-    corp_jwk.update(kid="corp-1", use="sig", alg="ES256")
-    (tmp_path / "corp-jwks.json").write_text(json.dumps({"keys": [corp_jwk]}))
-    rsa_key = _rsa_key_pem()
-    (tmp_path / "rsa.pem").write_bytes(_public_pem(rsa_key))
-    extra = (f'[[auth.trust]]\nissuer = "corp-token-server"\njwks = "{tmp_path / "corp-jwks.json"}"\n'
-             f'[[auth.trust]]\nissuer = "rsa-token-server"\npublic_key = "{tmp_path / "rsa.pem"}"\n')
+    corp_key, rsa_key, extra = _two_trusted_issuers(tmp_path)
     b = berth_factory(config=ak.auth_config(extra=extra), name="trustrefresh")
     ak.add_user(b, "admin", admin=True)
     repo = "corp/app"

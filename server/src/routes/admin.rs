@@ -412,16 +412,8 @@ pub async fn revoke_user_tokens(
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&st, &h, peer).await?;
-    if st.registry.meta.user(&name).await?.is_none() {
-        return Err(not_found("user"));
-    }
-    let n = st
-        .registry
-        .meta
-        .revoke_refresh_tokens(&format!("user:{name}"))
-        .await?;
-    tracing::info!(user = %name, count = n, "refresh tokens revoked");
-    Ok(Json(json!({"revoked": n})).into_response())
+    let exists = st.registry.meta.user(&name).await?.is_some();
+    revoke_tokens(&st, "user", &name, exists).await
 }
 
 /// `POST /berth/v1/robots/{name}/revoke-tokens`
@@ -432,15 +424,26 @@ pub async fn revoke_robot_tokens(
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&st, &h, peer).await?;
-    let name = name.strip_prefix("robot$").unwrap_or(&name).to_owned();
-    if st.registry.meta.robot(&name).await?.is_none() {
-        return Err(not_found("robot"));
+    let name = name.strip_prefix("robot$").unwrap_or(&name);
+    let exists = st.registry.meta.robot(name).await?.is_some();
+    revoke_tokens(&st, "robot", name, exists).await
+}
+
+/// Revokes the refresh tokens of the principal `<kind>:<name>`, if it exists.
+async fn revoke_tokens(
+    st: &AppState,
+    kind: &'static str,
+    name: &str,
+    exists: bool,
+) -> Result<Response, ApiError> {
+    if !exists {
+        return Err(not_found(kind));
     }
     let n = st
         .registry
         .meta
-        .revoke_refresh_tokens(&format!("robot:{name}"))
+        .revoke_refresh_tokens(&format!("{kind}:{name}"))
         .await?;
-    tracing::info!(robot = %name, count = n, "refresh tokens revoked");
+    tracing::info!(principal = %format!("{kind}:{name}"), count = n, "refresh tokens revoked");
     Ok(Json(json!({"revoked": n})).into_response())
 }
