@@ -3,7 +3,7 @@
 //! `berth_auth`; this module only speaks HTTP.
 
 use crate::config::AuthConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use base64::Engine;
 use berth_auth::scope::covers;
@@ -237,8 +237,11 @@ impl AuthState {
         if let Some(e) = error {
             c.push_str(&format!(",error=\"{e}\""));
         }
-        ApiError::oci(ErrorCode::Unauthorized, "authentication required")
-            .header("www-authenticate", c)
+        Refusal::Unauthenticated {
+            message: "authentication required",
+            challenge: c,
+        }
+        .into()
     }
 
     /// Counts an attempt that needs no password check (malformed credentials, a refresh
@@ -337,14 +340,11 @@ impl AuthState {
                 .any(|a| covers(&a.action_set(), *action));
             let public = *action == Action::Pull && self.authorizer.public(repo);
             if !granted && !public {
-                return Err(ApiError::oci(
-                    ErrorCode::Denied,
-                    format!(
-                        "requested access to the resource is denied: {} on {repo}",
-                        action.as_str()
-                    ),
-                )
-                .detail(serde_json::json!({"name": repo, "action": action.as_str()})));
+                return Err(Refusal::AccessDenied {
+                    repo: repo.clone(),
+                    action: *action,
+                }
+                .into());
             }
         }
         Ok(Caller::Token(Box::new(claims)))
@@ -396,24 +396,15 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String),
 
 /// A 429 for a throttled client.
 pub fn too_many(retry_after: u64) -> ApiError {
-    ApiError::oci(
-        ErrorCode::TooManyRequests,
-        "too many failed logins; try again later",
-    )
-    .header("retry-after", retry_after.to_string())
+    Refusal::TooManyFailedLogins { retry_after }.into()
 }
 
 /// A 429 when every password-verification slot is taken and the queue is full.
 pub fn busy() -> ApiError {
-    ApiError::oci(
-        ErrorCode::TooManyRequests,
-        "too many logins in progress; try again shortly",
-    )
-    .header("retry-after", "1".to_owned())
+    Refusal::LoginsBusy.into()
 }
 
 /// A 401 for bad credentials at the token endpoint.
 pub fn bad_credentials() -> ApiError {
-    ApiError::oci(ErrorCode::Unauthorized, "invalid username or password")
-        .status(StatusCode::UNAUTHORIZED)
+    Refusal::BadCredentials("invalid username or password").into()
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub auth: Option<Arc<auth::AuthState>>,
     /// Mirrors and pull-through caches.
     pub mirrors: Arc<mirror::Mirrors>,
+    /// Users, robots and permission rules (`accounts`, the admin API).
+    pub accounts: Meta,
 }
 
 /// The HTTP application. Separate from [`serve`] so tests can drive it directly.
@@ -114,15 +116,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/berth/v1/verify/status", get(routes::verify::status))
         .method_not_allowed_fallback(|| async {
-            error::ApiError::oci(
-                berth_oci::ErrorCode::Unsupported,
-                "method not allowed on this endpoint",
-            )
+            error::ApiError::from(error::Refusal::MethodNotAllowed)
         })
-        .fallback(|| async {
-            error::ApiError::oci(berth_oci::ErrorCode::NameUnknown, "no such endpoint")
-                .status(axum::http::StatusCode::NOT_FOUND)
-        })
+        .fallback(|| async { error::ApiError::from(error::Refusal::NoEndpoint) })
         .layer(SetResponseHeaderLayer::overriding(
             axum::http::HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),
@@ -173,8 +169,18 @@ pub fn init_logging(cfg: &Config) {
     }
 }
 
+/// What [`open`] sets up: the registry, which alone reads and writes blobs, manifests, tags
+/// and links, and the metadata handle for the services that keep their own tables beside it
+/// (accounts and token auth, the mirror's bookkeeping).
+pub struct Opened {
+    /// The registry.
+    pub registry: Arc<Registry>,
+    /// The metadata, for those services' own tables.
+    pub records: Meta,
+}
+
 /// Opens storage and metadata for `cfg`.
-pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
+pub async fn open(cfg: &Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let store: Arc<dyn berth_storage::blob::BlobStore> = match cfg.storage.backend {
@@ -200,12 +206,15 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Registry>> {
         verify: registry::verification::Policies::new(cfg.verify.clone())
             .context("compiling verification policies")?,
     };
-    Ok(Arc::new(Registry::new(store, meta, settings)))
+    Ok(Opened {
+        registry: Arc::new(Registry::new(store, meta.clone(), settings)),
+        records: meta,
+    })
 }
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let registry = open(&cfg).await?;
+    let Opened { registry, records } = open(&cfg).await?;
     match registry.sweep_orphan_uploads().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(count = n, "removed upload files left by a crash"),
@@ -225,7 +234,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             auth::AuthState::new(
                 cfg.auth.clone(),
                 &cfg.data_dir,
-                registry.meta.clone(),
+                records.clone(),
                 tls,
                 Some(addr),
             )
@@ -258,7 +267,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
     let mirrors = Arc::new(
-        mirror::Mirrors::new(registry.clone(), cfg.mirrors.clone(), cfg.proxy.clone())
+        mirror::Mirrors::new(
+            registry.clone(),
+            records.clone(),
+            cfg.mirrors.clone(),
+            cfg.proxy.clone(),
+        )
             .context("setting up mirrors")?,
     );
     let scheduler = mirrors.spawn_scheduler(MIRROR_TICK);
@@ -266,6 +280,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         registry: registry.clone(),
         auth,
         mirrors,
+        accounts: records,
     });
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "berth started");
     if let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) {
@@ -300,7 +315,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     purger.abort();
     scheduler.abort();
-    registry.meta.close().await;
+    registry.close().await;
     tracing::info!("berth stopped");
     Ok(())
 }

@@ -5,9 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod cli_client;
-mod mirror_cli;
-mod verify_cli;
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -114,7 +112,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: verify_cli::Conn,
+        conn: cli::verify::Conn,
     },
     /// Mirror upstream repositories: run one now, or show runs.
     Mirror {
@@ -207,7 +205,7 @@ enum MirrorOp {
         /// The mirror's name.
         name: String,
         #[command(flatten)]
-        target: mirror_cli::Target,
+        target: cli::mirror::Target,
         /// Print the run report as JSON.
         #[arg(long)]
         json: bool,
@@ -217,7 +215,7 @@ enum MirrorOp {
         /// A mirror's name.
         name: Option<String>,
         #[command(flatten)]
-        target: mirror_cli::Target,
+        target: cli::mirror::Target,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -393,7 +391,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         cmd @ (Command::User { .. } | Command::Robot { .. } | Command::Grant { .. }) => {
-            cli_client::run(accounts_cmd(cmd))
+            cli::client::run(accounts_cmd(cmd))
         }
         Command::Resolve {
             reference,
@@ -402,14 +400,14 @@ fn main() -> ExitCode {
             rule,
             registry,
             json,
-        } => cli_client::run(cli_client::resolve(
+        } => cli::client::run(cli::client::resolve(
             &registry, &reference, &platform, &isolation, &rule, json,
         )),
         Command::Inspect {
             reference,
             registry,
             json,
-        } => cli_client::run(cli_client::inspect(&registry, &reference, json)),
+        } => cli::client::run(cli::client::inspect(&registry, &reference, json)),
         Command::Verify {
             op,
             reference,
@@ -417,7 +415,7 @@ fn main() -> ExitCode {
             conn,
         } => match (op, reference) {
             (Some(VerifyOp::Status { reference, json }), _) => {
-                verify_cli::status(&conn, &reference, json)
+                cli::verify::status(&conn, &reference, json)
             }
             (
                 Some(VerifyOp::Wait {
@@ -427,10 +425,10 @@ fn main() -> ExitCode {
                 }),
                 _,
             ) => match (
-                verify_cli::parse_timeout(&timeout),
-                verify_cli::parse_timeout(&interval),
+                cli::verify::parse_timeout(&timeout),
+                cli::verify::parse_timeout(&interval),
             ) {
-                (Ok(t), Ok(i)) => verify_cli::wait(
+                (Ok(t), Ok(i)) => cli::verify::wait(
                     &conn,
                     &reference,
                     t,
@@ -441,7 +439,7 @@ fn main() -> ExitCode {
                     ExitCode::from(3)
                 }
             },
-            (None, Some(reference)) => verify_cli::queue(&conn, &reference, json),
+            (None, Some(reference)) => cli::verify::queue(&conn, &reference, json),
             (None, None) => {
                 eprintln!("berth verify: give a reference, or `status <ref>` / `wait <ref>`");
                 ExitCode::from(3)
@@ -453,14 +451,14 @@ fn main() -> ExitCode {
                     let cfg = Config::default();
                     berth_server::init_logging(&cfg);
                 }
-                cli_client::run(mirror_cli::run(&name, &target, json))
+                cli::client::run(cli::mirror::run(&name, &target, json))
             }
             MirrorOp::Status {
                 name,
                 target,
                 json,
                 n,
-            } => cli_client::run(mirror_cli::status(name.as_deref(), &target, json, n)),
+            } => cli::client::run(cli::mirror::status(name.as_deref(), &target, json, n)),
         },
         Command::CheckConfig { file } => match Config::load(Some(&file), false) {
             Ok(_) => {

@@ -768,3 +768,47 @@ def test_inspect_and_resolve_need_pull_on_the_repository(env):
     p = subprocess.run(cli, capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, BERTH_USERNAME="admin", BERTH_PASSWORD=env.admin_pw))
     assert p.returncode == 0, (p.stdout, p.stderr)
+
+
+def test_pull_gate_answers_for_the_digest_it_checked_while_the_tag_moves(env):
+    """A gated pull by tag resolves the tag once: a tag moved between the gate's check and the
+    read must never serve the manifest the gate refuses (the push side flips the tag between a
+    passing and a failing image as fast as it can while the pull side reads it)."""
+    repo = "gated/race"
+    _, good, good_d = env.push(repo, "good", ["true"])
+    _, bad, bad_d = env.push(repo, "bad", ["false"])
+    env.wait_state(f"{repo}:good", lambda s: s["ok"])
+    env.wait_state(f"{repo}:bad", lambda s: s["complete"] and not s["ok"])
+    pusher, puller = env.client(repo), env.client(repo, "pull")
+    assert pusher.put_manifest(repo, "flip", good).status_code == 201
+    stop = threading.Event()
+    push_failures = []
+
+    def flip():
+        while not stop.is_set():
+            for m in (bad, good):
+                r = pusher.put_manifest(repo, "flip", m)
+                if r.status_code != 201:
+                    push_failures.append((r.status_code, r.text))
+
+    t = threading.Thread(target=flip)
+    t.start()
+    served, refused = 0, 0
+    try:
+        for _ in range(1500):
+            r = puller.get(f"/v2/{repo}/manifests/flip", headers={"Accept": OCI_MANIFEST})
+            if r.status_code == 200:
+                assert r.headers["Docker-Content-Digest"] == good_d, \
+                    f"the gate refused {bad_d} but its bytes were served"
+                assert digest(r.content) == good_d
+                served += 1
+            else:
+                assert r.status_code == 403, r.text
+                assert r.json()["errors"][0]["code"] == "DENIED"
+                refused += 1
+    finally:
+        stop.set()
+        t.join()
+    assert not push_failures, push_failures[:3]
+    # Both outcomes were seen, so the tag really moved under the pulls.
+    assert served and refused, (served, refused)

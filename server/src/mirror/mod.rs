@@ -13,7 +13,7 @@ pub mod upstream;
 use crate::registry::Registry;
 use anyhow::{bail, Context};
 use berth_oci::Digest;
-use berth_storage::meta::{MirrorRun, RunTotals};
+use berth_storage::meta::{Meta, MirrorRun, RunTotals};
 use def::{validate_mirror, validate_proxy, Filters, MirrorDef, ProxyDef};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -106,8 +106,8 @@ impl Live {
         self.items.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    async fn checkpoint(&self, reg: &Registry) {
-        if let Err(e) = reg.meta.update_mirror_run(self.run_id, self.totals()).await {
+    async fn checkpoint(&self, records: &Meta) {
+        if let Err(e) = records.update_mirror_run(self.run_id, self.totals()).await {
             tracing::warn!(error = %e, "could not record mirror progress");
         }
     }
@@ -194,6 +194,9 @@ pub enum DefError {
 /// Mirrors and caches of one registry.
 pub struct Mirrors {
     registry: Arc<Registry>,
+    /// The mirror's own bookkeeping (definitions, runs, tag records, resumable copies, cache
+    /// tag checks). What it copies is written through `registry`.
+    records: Meta,
     config: Vec<MirrorDef>,
     proxies: Vec<proxy::Proxy>,
     running: Mutex<HashMap<String, Arc<Live>>>,
@@ -204,6 +207,7 @@ impl Mirrors {
     /// Checks the definitions and sets up upstream clients.
     pub fn new(
         registry: Arc<Registry>,
+        records: Meta,
         mirrors: Vec<MirrorDef>,
         proxies: Vec<ProxyDef>,
     ) -> anyhow::Result<Self> {
@@ -217,6 +221,7 @@ impl Mirrors {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             registry,
+            records,
             config: mirrors,
             proxies,
             running: Mutex::new(HashMap::new()),
@@ -231,7 +236,7 @@ impl Mirrors {
             .iter()
             .map(|d| (d.clone(), Source::Config))
             .collect();
-        for (name, json) in self.registry.meta.mirror_defs().await? {
+        for (name, json) in self.records.mirror_defs().await? {
             if self.config.iter().any(|d| d.name == name) {
                 continue;
             }
@@ -257,7 +262,7 @@ impl Mirrors {
             return Err(DefError::FromConfig(def.name));
         }
         let json = serde_json::to_string(&def).map_err(|e| DefError::Invalid(e.to_string()))?;
-        self.registry.meta.put_mirror_def(&def.name, &json).await?;
+        self.records.put_mirror_def(&def.name, &json).await?;
         Ok(())
     }
 
@@ -266,7 +271,7 @@ impl Mirrors {
         if self.config.iter().any(|d| d.name == name) {
             return Err(DefError::FromConfig(name.to_owned()));
         }
-        Ok(self.registry.meta.delete_mirror_def(name).await?)
+        Ok(self.records.delete_mirror_def(name).await?)
     }
 
     /// Opens a run: the definition, its filters, and the run's live counters.
@@ -288,7 +293,7 @@ impl Mirrors {
             // Reserve the name before the (async) insert of the run row.
             running.insert(name.to_owned(), Arc::new(Live::new(0)));
         }
-        let id = match self.registry.meta.start_mirror_run(name, trigger).await {
+        let id = match self.records.start_mirror_run(name, trigger).await {
             Ok(id) => id,
             Err(e) => {
                 self.running
@@ -319,6 +324,7 @@ impl Mirrors {
                 let up = up.patient(MIRROR_RETRY_AFTER_MAX);
                 let s = sync::Copier {
                     reg: &self.registry,
+                    records: &self.records,
                     up: &up,
                     def: &def,
                     filters: &filters,
@@ -389,7 +395,7 @@ impl Mirrors {
 
     /// One run, with live counters while it runs.
     pub async fn report(&self, id: i64) -> berth_storage::Result<Option<RunReport>> {
-        let Some(row) = self.registry.meta.mirror_run(id).await? else {
+        let Some(row) = self.records.mirror_run(id).await? else {
             return Ok(None);
         };
         Ok(Some(self.with_live(RunReport::from_row(row))))
@@ -401,7 +407,7 @@ impl Mirrors {
         name: Option<&str>,
         limit: i64,
     ) -> berth_storage::Result<Vec<RunReport>> {
-        let rows = self.registry.meta.mirror_runs(name, limit).await?;
+        let rows = self.records.mirror_runs(name, limit).await?;
         Ok(rows
             .into_iter()
             .map(|r| self.with_live(RunReport::from_row(r)))
@@ -457,7 +463,7 @@ impl Mirrors {
             {
                 continue;
             }
-            let last = self.registry.meta.mirror_runs(Some(&def.name), 1).await?;
+            let last = self.records.mirror_runs(Some(&def.name), 1).await?;
             let due = last
                 .first()
                 .is_none_or(|r| now - r.started_at >= every.as_secs() as i64);

@@ -6,10 +6,8 @@
 use super::def::{validate_proxy, ProxyDef};
 use super::upstream::{Upstream, UpstreamError};
 use super::Mirrors;
-use crate::error::ApiError;
-use crate::registry::{PutMode, Registry};
-use axum::http::StatusCode;
-use berth_oci::{Digest, ErrorCode, Reference};
+use crate::registry::{PutMode, RegistryError};
+use berth_oci::{Digest, Reference};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,38 +42,50 @@ impl Inflight {
     }
 }
 
-/// An upstream failure as the client of the cache sees it.
-fn api_error(e: UpstreamError) -> ApiError {
+/// Why the cache could not answer from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The upstream answered 429.
+    #[error("the upstream registry is rate-limiting this cache; try again later")]
+    RateLimited {
+        /// The upstream's `Retry-After`, passed on.
+        retry_after: Option<String>,
+    },
+    /// The upstream cannot be reached (or answers 5xx).
+    #[error("the upstream registry is unavailable")]
+    Unavailable,
+    /// The upstream refused or answered something unusable.
+    #[error("the upstream registry failed")]
+    Failed,
+    /// Storing what came back failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// An upstream failure as the client of the cache sees it (the cause is logged here, not sent).
+fn cache_error(e: UpstreamError) -> CacheError {
     match e {
-        UpstreamError::TooMany { retry_after } => {
-            let e = ApiError::oci(
-                ErrorCode::TooManyRequests,
-                "the upstream registry is rate-limiting this cache; try again later",
-            );
-            match retry_after {
-                Some(r) => e.header("retry-after", r),
-                None => e,
-            }
+        UpstreamError::TooMany { retry_after } => CacheError::RateLimited { retry_after },
+        UpstreamError::NotFound => {
+            CacheError::Registry(RegistryError::ManifestUnknown("not found upstream".into()))
         }
-        UpstreamError::NotFound => ApiError::oci(ErrorCode::ManifestUnknown, "not found upstream"),
         UpstreamError::Unavailable(m) => {
             tracing::warn!(error = %m, "pull-through upstream unavailable");
-            ApiError::oci(
-                ErrorCode::Unsupported,
-                "the upstream registry is unavailable",
-            )
-            .status(StatusCode::BAD_GATEWAY)
+            CacheError::Unavailable
         }
         UpstreamError::Denied(m) | UpstreamError::Other(m) => {
             tracing::warn!(error = %m, "pull-through upstream failed");
-            ApiError::oci(ErrorCode::Unsupported, "the upstream registry failed")
-                .status(StatusCode::BAD_GATEWAY)
+            CacheError::Failed
         }
     }
 }
 
-fn internal(e: impl Into<anyhow::Error>) -> ApiError {
-    ApiError::Internal(e.into())
+/// A blob streamed to the client while the cache stores it.
+pub struct StreamedBlob {
+    /// Its length, as the upstream declared it.
+    pub len: u64,
+    /// The bytes (the stream fails if the upstream's do).
+    pub body: berth_storage::blob::ByteStream,
 }
 
 impl Mirrors {
@@ -95,7 +105,7 @@ impl Mirrors {
 
     /// Before a manifest GET/HEAD: makes the manifest present here if `repo` is under a cache
     /// prefix (fetching on a miss, revalidating a tag past its TTL). A no-op elsewhere.
-    pub async fn ensure_manifest(&self, repo: &str, reference: &Reference) -> Result<(), ApiError> {
+    pub async fn ensure_manifest(&self, repo: &str, reference: &Reference) -> Result<(), CacheError> {
         let Some((p, up_repo)) = self.proxy_for(repo) else {
             return Ok(());
         };
@@ -104,7 +114,7 @@ impl Mirrors {
         let _held = lock.lock().await;
         match reference {
             Reference::Digest(d) => {
-                if reg.meta.manifest_exists(repo, d).await.map_err(internal)? {
+                if reg.manifest_exists(repo, d).await? {
                     return Ok(());
                 }
                 self.fetch_manifest(p, repo, up_repo, reference, Some(d))
@@ -113,8 +123,8 @@ impl Mirrors {
             }
             Reference::Tag(t) => {
                 let tag = t.as_str();
-                let local = reg.meta.tag(repo, tag).await.map_err(internal)?;
-                let checked = reg.meta.proxy_tag(repo, tag).await.map_err(internal)?;
+                let local = reg.current_tag(repo, tag).await?;
+                let checked = self.records.proxy_tag(repo, tag).await.map_err(RegistryError::from)?;
                 let now = berth_storage::now_secs();
                 if let (Some(l), Some((d, at))) = (&local, &checked) {
                     if d == l.as_str() && now - at < p.def.tag_ttl_secs as i64 {
@@ -124,10 +134,10 @@ impl Mirrors {
                 let head = p.up.head_manifest(up_repo, tag).await;
                 match (head, local) {
                     (Ok(Some(d)), Some(l)) if d == l => {
-                        reg.meta
+                        self.records
                             .put_proxy_tag(repo, tag, l.as_str())
                             .await
-                            .map_err(internal)?;
+                            .map_err(RegistryError::from)?;
                         tracing::debug!(repo.name = repo, tag, "cached tag still current upstream");
                         Ok(())
                     }
@@ -142,7 +152,7 @@ impl Mirrors {
                         Ok(())
                     }
                     (Err(UpstreamError::NotFound), None) => Ok(()),
-                    (Err(e), None) => Err(api_error(e)),
+                    (Err(e), None) => Err(cache_error(e)),
                 }
             }
         }
@@ -155,7 +165,7 @@ impl Mirrors {
         up_repo: &str,
         reference: &Reference,
         want: Option<&Digest>,
-    ) -> Result<Digest, ApiError> {
+    ) -> Result<Digest, CacheError> {
         let reg = &self.registry;
         let max = reg.settings.manifest_max_bytes;
         let m = match p
@@ -165,22 +175,19 @@ impl Mirrors {
         {
             Ok(m) => m,
             Err(UpstreamError::NotFound) => return Ok(Digest::sha256(b"")),
-            Err(e) => return Err(api_error(e)),
+            Err(e) => return Err(cache_error(e)),
         };
         let mode = PutMode {
             sparse_index: true,
             missing_blobs: true,
         };
-        Registry::with_put_mode(
-            mode,
-            reg.put_manifest(repo, reference, m.media_type.as_deref(), &m.bytes, &[]),
-        )
-        .await?;
+        reg.put_manifest(repo, reference, m.media_type.as_deref(), &m.bytes, &[], mode)
+            .await?;
         if let Reference::Tag(t) = reference {
-            reg.meta
+            self.records
                 .put_proxy_tag(repo, t.as_str(), m.digest.as_str())
                 .await
-                .map_err(internal)?;
+                .map_err(RegistryError::from)?;
         }
         tracing::info!(repo.name = repo, reference = %reference, manifest.digest = %m.digest, "pull-through: manifest cached");
         Ok(m.digest)
@@ -196,18 +203,13 @@ impl Mirrors {
         repo: &str,
         digest: &Digest,
         whole_get: bool,
-    ) -> Result<Option<axum::response::Response>, ApiError> {
+    ) -> Result<Option<StreamedBlob>, CacheError> {
         let Some((p, up_repo)) = self.proxy_for(repo) else {
             return Ok(None);
         };
         let reg = &self.registry;
         if !whole_get
-            || reg
-                .meta
-                .repo_blob(repo, digest)
-                .await
-                .map_err(internal)?
-                .is_some()
+            || reg.has_blob(repo, digest).await?
         {
             return Ok(None);
         }
@@ -216,13 +218,13 @@ impl Mirrors {
             // Another request is fetching it: wait for that copy instead.
             return Ok(None);
         };
-        if reg.meta.link_blob(repo, digest).await.map_err(internal)? {
+        if reg.link_stored_blob(repo, digest).await? {
             return Ok(None);
         }
         let resp = match p.up.get_blob(up_repo, digest, 0).await {
             Ok(r) => r,
             Err(UpstreamError::NotFound) => return Ok(None),
-            Err(e) => return Err(api_error(e)),
+            Err(e) => return Err(cache_error(e)),
         };
         let Some(len) = resp.content_length() else {
             return Ok(None);
@@ -265,42 +267,31 @@ impl Mirrors {
                 }
             }
         });
-        use axum::http::header;
-        axum::response::Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .header(header::CONTENT_LENGTH, len)
-            .header("docker-content-digest", digest.as_str())
-            .header(header::ETAG, format!("\"{digest}\""))
-            .body(axum::body::Body::from_stream(client_rx))
-            .map(Some)
-            .map_err(internal)
+        Ok(Some(StreamedBlob {
+            len,
+            body: client_rx.boxed(),
+        }))
     }
 
     /// Before a blob GET/HEAD: makes the blob present here if `repo` is under a cache prefix.
-    pub async fn ensure_blob(&self, repo: &str, digest: &Digest) -> Result<(), ApiError> {
+    pub async fn ensure_blob(&self, repo: &str, digest: &Digest) -> Result<(), CacheError> {
         let Some((p, up_repo)) = self.proxy_for(repo) else {
             return Ok(());
         };
         let reg = &self.registry;
-        if reg
-            .meta
-            .repo_blob(repo, digest)
-            .await
-            .map_err(internal)?
-            .is_some()
+        if reg.has_blob(repo, digest).await?
         {
             return Ok(());
         }
         let lock = self.fetches.lock_for(&format!("b {digest}"));
         let _held = lock.lock().await;
-        if reg.meta.link_blob(repo, digest).await.map_err(internal)? {
+        if reg.link_stored_blob(repo, digest).await? {
             return Ok(());
         }
         let resp = match p.up.get_blob(up_repo, digest, 0).await {
             Ok(r) => r,
             Err(UpstreamError::NotFound) => return Ok(()),
-            Err(e) => return Err(api_error(e)),
+            Err(e) => return Err(cache_error(e)),
         };
         let body = resp
             .bytes_stream()

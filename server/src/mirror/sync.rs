@@ -12,7 +12,7 @@ use berth_oci::manifest::ManifestKind;
 use berth_oci::media_type as mt;
 use berth_oci::platform::Platform;
 use berth_oci::{Descriptor, Digest, Manifest, Reference};
-use berth_storage::meta::MirrorTag;
+use berth_storage::meta::{Meta, MirrorTag};
 use futures::{StreamExt, TryStreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -55,6 +55,8 @@ type Result<T, E = SyncError> = std::result::Result<T, E>;
 /// A run over one mirror definition.
 pub struct Copier<'a> {
     pub(super) reg: &'a Registry,
+    /// The mirror's bookkeeping tables.
+    pub(super) records: &'a Meta,
     pub(super) up: &'a Upstream,
     pub(super) def: &'a MirrorDef,
     pub(super) filters: &'a Filters,
@@ -129,7 +131,7 @@ impl Copier<'_> {
                     }
                     Err(e) => self.fail(&dst, Some(tag), e.to_string()),
                 }
-                self.live.checkpoint(self.reg).await;
+                self.live.checkpoint(self.records).await;
             }
         }
         self.live.set_current(String::new());
@@ -153,8 +155,8 @@ impl Copier<'_> {
 
     async fn sync_tag(&self, src: &str, dst: &str, tag: &str) -> Result<Outcome> {
         let fp = self.fingerprint();
-        let rec = self.reg.meta.mirror_tag(&self.def.name, dst, tag).await?;
-        let local_tag = self.reg.meta.tag(dst, tag).await?;
+        let rec = self.records.mirror_tag(&self.def.name, dst, tag).await?;
+        let local_tag = self.reg.current_tag(dst, tag).await?;
         // One HEAD decides whether anything changed upstream.
         if let (Some(rec), Some(local)) = (&rec, &local_tag) {
             if rec.fingerprint == fp && rec.local_digest == local.as_str() {
@@ -174,9 +176,7 @@ impl Copier<'_> {
         );
         let before = local_tag.clone();
         let local = self.copy_manifest(src, dst, &m, &reference, true).await?;
-        self.reg
-            .meta
-            .put_mirror_tag(
+        self.records.put_mirror_tag(
                 &self.def.name,
                 dst,
                 tag,
@@ -206,7 +206,7 @@ impl Copier<'_> {
     ) -> Result<Digest> {
         let parsed = Manifest::parse(&m.bytes, m.media_type.as_deref())
             .map_err(|e| SyncError::Invalid(format!("manifest {}: {e}", m.digest)))?;
-        let present = self.reg.meta.manifest_exists(dst, &m.digest).await?;
+        let present = self.reg.manifest_exists(dst, &m.digest).await?;
         match parsed.kind {
             ManifestKind::Image => {
                 if top && !present && self.filters.filters_platforms() {
@@ -248,7 +248,7 @@ impl Copier<'_> {
                     reference,
                     &parsed.media_type,
                     &m.bytes,
-                    PutMode::default(),
+                    PutMode::CLIENT,
                 )
                 .await?;
             }
@@ -279,13 +279,13 @@ impl Copier<'_> {
                         reference,
                         &parsed.media_type,
                         &m.bytes,
-                        PutMode::default(),
+                        PutMode::CLIENT,
                     )
                     .await?;
                 } else if self.sparse(dst) {
                     let mode = PutMode {
                         sparse_index: true,
-                        ..PutMode::default()
+                        ..PutMode::CLIENT
                     };
                     self.put(dst, reference, &parsed.media_type, &m.bytes, mode)
                         .await?;
@@ -297,13 +297,13 @@ impl Copier<'_> {
                     } else {
                         Reference::Digest(digest.clone())
                     };
-                    let exists = self.reg.meta.manifest_exists(dst, &digest).await?;
+                    let exists = self.reg.manifest_exists(dst, &digest).await?;
                     self.put(
                         dst,
                         &reference,
                         &parsed.media_type,
                         &bytes,
-                        PutMode::default(),
+                        PutMode::CLIENT,
                     )
                     .await?;
                     self.count_manifest(exists);
@@ -354,7 +354,7 @@ impl Copier<'_> {
     }
 
     async fn copy_child(&self, src: &str, dst: &str, d: &Descriptor) -> Result<()> {
-        if self.reg.meta.manifest_exists(dst, &d.digest).await?
+        if self.reg.manifest_exists(dst, &d.digest).await?
             && !berth_oci::manifest::is_index_media_type(&d.media_type)
         {
             self.live.skipped.fetch_add(1, Ordering::Relaxed);
@@ -396,12 +396,9 @@ impl Copier<'_> {
         bytes: &[u8],
         mode: PutMode,
     ) -> Result<()> {
-        Registry::with_put_mode(
-            mode,
-            self.reg
-                .put_manifest(dst, reference, Some(media_type), bytes, &[]),
-        )
-        .await?;
+        self.reg
+            .put_manifest(dst, reference, Some(media_type), bytes, &[], mode)
+            .await?;
         Ok(())
     }
 
@@ -410,14 +407,14 @@ impl Copier<'_> {
     async fn ensure_blob(&self, src: &str, dst: &str, d: &Descriptor) -> Result<()> {
         let foreign =
             mt::is_foreign_layer(&d.media_type) && d.urls.as_ref().is_some_and(|u| !u.is_empty());
-        if self.reg.meta.repo_blob(dst, &d.digest).await?.is_some() {
+        if self.reg.has_blob(dst, &d.digest).await? {
             self.live.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         if foreign && self.def.foreign_layers == ForeignLayers::Keep {
             return Ok(());
         }
-        if self.reg.meta.link_blob(dst, &d.digest).await? {
+        if self.reg.link_stored_blob(dst, &d.digest).await? {
             self.live.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -447,7 +444,7 @@ impl Copier<'_> {
             .map_err(|_| SyncError::Invalid(format!("blob {}: negative size", d.digest)))?;
         // Resume the session an interrupted run left, if it is still there.
         let mut session = None;
-        if let Some(id) = self.reg.meta.mirror_upload(dst, d.digest.as_str()).await? {
+        if let Some(id) = self.records.mirror_upload(dst, d.digest.as_str()).await? {
             if let Ok(id) = id.parse::<Uuid>() {
                 if let Ok(st) = self.reg.upload_status(dst, id).await {
                     if st.offset <= size {
@@ -545,16 +542,12 @@ impl Copier<'_> {
         let len = match self.reg.finish_upload(dst, id, &d.digest, None).await {
             Ok(n) => n,
             Err(e) => {
-                self.reg
-                    .meta
-                    .delete_mirror_upload(dst, d.digest.as_str())
+                self.records.delete_mirror_upload(dst, d.digest.as_str())
                     .await?;
                 return Err(e.into());
             }
         };
-        self.reg
-            .meta
-            .delete_mirror_upload(dst, d.digest.as_str())
+        self.records.delete_mirror_upload(dst, d.digest.as_str())
             .await?;
         if len != size {
             return Err(SyncError::Invalid(format!(
@@ -568,9 +561,7 @@ impl Copier<'_> {
 
     async fn new_session(&self, dst: &str, digest: &Digest) -> Result<Uuid> {
         let st = self.reg.start_upload(dst).await?;
-        self.reg
-            .meta
-            .put_mirror_upload(dst, digest.as_str(), &st.id.to_string())
+        self.records.put_mirror_upload(dst, digest.as_str(), &st.id.to_string())
             .await?;
         Ok(st.id)
     }

@@ -1,9 +1,6 @@
 //! Registry errors, in OCI terms; `crate::error` maps them onto the wire.
 
-use crate::error::ApiError;
-use axum::http::StatusCode;
-use berth_oci::{Digest, ErrorCode};
-use serde_json::json;
+use berth_oci::Digest;
 
 /// What can go wrong in a registry operation.
 #[derive(Debug, thiserror::Error)]
@@ -67,56 +64,23 @@ pub enum RegistryError {
         /// One line per missing check.
         missing: Vec<String>,
     },
+    /// A berth API object (worker, job, mirror, user ...) that does not exist, or that the
+    /// caller may not see.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The caller may not do this to an object that exists.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A verification worker reported on, or extended, a lease it no longer holds.
+    #[error("job {0}: the lease is no longer yours (it expired and the job went to another worker, or it finished)")]
+    LeaseLost(i64),
+    /// A malformed berth API request (`/berth/v1/`).
+    #[error("{0}")]
+    RequestInvalid(String),
+    /// Something berth stored itself cannot be read back.
+    #[error("{0}")]
+    Corrupt(String),
     /// The store or the database failed.
     #[error(transparent)]
     Storage(#[from] berth_storage::Error),
 }
-
-pub(crate) fn range_header(len: u64) -> String {
-    if len == 0 {
-        "0-0".into()
-    } else {
-        format!("0-{}", len - 1)
-    }
-}
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        use RegistryError as E;
-        let msg = e.to_string();
-        // Exhaustive on purpose: a new variant must choose its wire code.
-        match e {
-            E::BlobUnknown(d) => {
-                ApiError::oci(ErrorCode::BlobUnknown, msg).detail(json!({ "digest": d }))
-            }
-            E::ManifestUnknown(r) => {
-                ApiError::oci(ErrorCode::ManifestUnknown, msg).detail(json!({ "reference": r }))
-            }
-            E::NameUnknown(n) => {
-                ApiError::oci(ErrorCode::NameUnknown, msg).detail(json!({ "name": n }))
-            }
-            E::UploadUnknown(_) => ApiError::oci(ErrorCode::BlobUploadUnknown, msg),
-            E::DigestMismatch { .. } => ApiError::oci(ErrorCode::DigestInvalid, msg),
-            E::OutOfOrder { want, .. } => ApiError::oci(ErrorCode::BlobUploadInvalid, msg)
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header("range", range_header(want)),
-            E::UploadInvalid(_) => ApiError::oci(ErrorCode::BlobUploadInvalid, msg),
-            E::ManifestInvalid(_) => ApiError::oci(ErrorCode::ManifestInvalid, msg),
-            E::ManifestBlobUnknown(d) => {
-                ApiError::oci(ErrorCode::ManifestBlobUnknown, msg).detail(json!({ "digest": d }))
-            }
-            E::ForeignLayerRefused { digest, .. } => {
-                ApiError::oci(ErrorCode::ManifestBlobUnknown, msg)
-                    .detail(json!({ "digest": digest }))
-            }
-            E::DeleteDisabled => ApiError::oci(ErrorCode::Unsupported, msg),
-            E::Unverified { missing, .. } => {
-                ApiError::oci(ErrorCode::Denied, msg).detail(json!({ "missing": missing }))
-            }
-            E::Storage(s) if s.is_storage_full() => ApiError::StorageFull(anyhow::Error::new(s)),
-            E::Storage(s) => ApiError::Internal(anyhow::Error::new(s)),
-        }
-    }
-}
-
-pub(crate) use range_header as upload_range;

@@ -9,11 +9,12 @@ mod platforms;
 pub mod policy;
 mod uploads;
 pub mod verification;
+mod verify_queue;
 
-pub(crate) use error::upload_range;
 pub use error::RegistryError;
 pub use platforms::{Inspection, ResolveAnswer, Variant};
 pub use uploads::{Chunk, ChunkRange, UploadStatus};
+pub use verify_queue::{ClaimingWorker, MAX_CLAIM_WAIT};
 
 use berth_oci::manifest::{is_index_media_type, ManifestKind};
 use berth_oci::media_type::{self as mt};
@@ -39,12 +40,14 @@ pub struct Settings {
     pub verify: verification::Policies,
 }
 
-/// The registry: blob store, metadata, caches and in-flight upload state.
+/// The registry: blob store, metadata, caches and in-flight upload state. The store and the
+/// metadata are its own: every blob, manifest, tag and link is read and written here, so the
+/// references it records are the only ones there are.
 pub struct Registry {
     /// Blob bytes.
-    pub store: Arc<dyn BlobStore>,
+    store: Arc<dyn BlobStore>,
     /// Metadata.
-    pub meta: Meta,
+    meta: Meta,
     /// Settings.
     pub settings: Settings,
     /// Wakes workers waiting in a claim when jobs are queued.
@@ -68,8 +71,8 @@ pub struct PutManifest {
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
-/// Relaxations of manifest validation that only berth's own mirror and pull-through cache may
-/// ask for, around one `put_manifest` call ([`Registry::with_put_mode`]). Clients never can.
+/// Relaxations of manifest validation that only berth's own mirror and pull-through cache ask
+/// for, passed to every [`Registry::put_manifest`]. Client pushes use [`PutMode::CLIENT`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PutMode {
     /// Accept an index whose children are absent (a sparse copy of an upstream index), whatever
@@ -80,12 +83,12 @@ pub struct PutMode {
     pub missing_blobs: bool,
 }
 
-tokio::task_local! {
-    static PUT_MODE: PutMode;
-}
-
-fn put_mode() -> PutMode {
-    PUT_MODE.try_with(|m| *m).unwrap_or_default()
+impl PutMode {
+    /// A client's push: every rule applies.
+    pub const CLIENT: PutMode = PutMode {
+        sparse_index: false,
+        missing_blobs: false,
+    };
 }
 
 impl Registry {
@@ -151,6 +154,32 @@ impl Registry {
         Ok(self.meta.link_blob(repo, digest).await?)
     }
 
+    /// Whether `repo` holds the blob.
+    pub async fn has_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        Ok(self.meta.repo_blob(repo, digest).await?.is_some())
+    }
+
+    /// Links a blob the registry already stores (for any repository) into `repo`, as berth's
+    /// own mirror and cache do before fetching it. False when no repository has it.
+    pub async fn link_stored_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        Ok(self.meta.link_blob(repo, digest).await?)
+    }
+
+    /// Where a client may fetch the blob directly (a pre-signed URL), if the store offers it.
+    pub async fn redirect_url(&self, blob: &BlobRef) -> Result<Option<String>> {
+        Ok(self.store.redirect_url(blob).await?)
+    }
+
+    /// The smallest chunk the store accepts, other than the last (S3 multipart parts).
+    pub fn chunk_min_length(&self) -> Option<u64> {
+        self.store.chunk_min_length()
+    }
+
+    /// Closes the metadata store (at shutdown).
+    pub async fn close(&self) {
+        self.meta.close().await;
+    }
+
     fn ensure_delete(&self) -> Result<()> {
         if self.settings.delete_enabled {
             Ok(())
@@ -160,11 +189,6 @@ impl Registry {
     }
 
     // === manifests ===
-
-    /// Runs `f` (a `put_manifest` call) with validation relaxed as `mode` says.
-    pub async fn with_put_mode<T>(mode: PutMode, f: impl std::future::Future<Output = T>) -> T {
-        PUT_MODE.scope(mode, f).await
-    }
 
     /// Resolves a reference to a digest in `repo`.
     pub async fn resolve(&self, repo: &str, reference: &Reference) -> Result<Digest> {
@@ -186,9 +210,31 @@ impl Registry {
         }
     }
 
+    /// Whether `repo` holds the manifest.
+    pub async fn manifest_exists(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        Ok(self.meta.manifest_exists(repo, digest).await?)
+    }
+
+    /// What `tag` points at now, read from the metadata (not the cache): for berth's own
+    /// mirror and cache, which compare it with an upstream.
+    pub async fn current_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>> {
+        Ok(self.meta.tag(repo, tag).await?)
+    }
+
     /// A manifest by reference.
     pub async fn manifest(&self, repo: &str, reference: &Reference) -> Result<Arc<StoredManifest>> {
         let digest = self.resolve(repo, reference).await?;
+        self.manifest_at(repo, &digest, reference).await
+    }
+
+    /// The manifest `reference` resolved to (`digest`); `reference` names it in errors.
+    async fn manifest_at(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        reference: &Reference,
+    ) -> Result<Arc<StoredManifest>> {
+        let digest = digest.clone();
         if let Some(m) = self.cache.manifest(repo, &digest) {
             return Ok(m);
         }
@@ -203,7 +249,8 @@ impl Registry {
         Ok(m)
     }
 
-    /// Validates and stores a manifest. `tags` are extra tags (`?tag=`) for a digest PUT.
+    /// Validates and stores a manifest. `tags` are extra tags (`?tag=`) for a digest PUT;
+    /// `mode` relaxes validation for berth's own mirror and cache ([`PutMode::CLIENT`] else).
     pub async fn put_manifest(
         &self,
         repo: &str,
@@ -211,6 +258,7 @@ impl Registry {
         content_type: Option<&str>,
         body: &[u8],
         extra_tags: &[String],
+        mode: PutMode,
     ) -> Result<PutManifest> {
         let manifest = Manifest::parse(body, content_type)
             .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
@@ -239,7 +287,7 @@ impl Registry {
                 tags.push(t.as_str().to_owned());
             }
         }
-        let checked = self.check_references(repo, &manifest).await?;
+        let checked = self.check_references(repo, &manifest, mode).await?;
         // Protected tags may only point at verified manifests. A refused manifest is still
         // stored (untagged) and its checks queued, so the same push succeeds once they pass.
         let refused = if tags.is_empty() {
@@ -291,7 +339,12 @@ impl Registry {
 
     /// Every blob must be there, with the size its descriptor says; foreign layers must come
     /// from allowed URLs. Index entries are checked by `check_index`.
-    async fn check_references(&self, repo: &str, m: &Manifest) -> Result<platforms::Checked> {
+    async fn check_references(
+        &self,
+        repo: &str,
+        m: &Manifest,
+        mode: PutMode,
+    ) -> Result<platforms::Checked> {
         let mut out = platforms::Checked::default();
         match m.kind {
             ManifestKind::Image => {
@@ -327,7 +380,7 @@ impl Registry {
                             2
                         }
                         // The pull-through cache stores manifests before their blobs.
-                        None if put_mode().missing_blobs => continue,
+                        None if mode.missing_blobs => continue,
                         None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
                     };
                     if size != d.size as u64 {
@@ -339,7 +392,7 @@ impl Registry {
                     out.blobs.push(d.digest.clone());
                 }
             }
-            ManifestKind::Index => self.check_index(repo, m, &mut out).await?,
+            ManifestKind::Index => self.check_index(repo, m, mode, &mut out).await?,
         }
         Ok(out)
     }
@@ -381,4 +434,17 @@ impl Registry {
     pub fn is_index(m: &StoredManifest) -> bool {
         is_index_media_type(&m.media_type)
     }
+}
+
+/// A registry on the embedded defaults (filesystem + SQLite) in a temporary directory, for the
+/// registry's own tests.
+#[cfg(test)]
+pub(crate) async fn test_registry() -> (tempfile::TempDir, Arc<Registry>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = crate::config::Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    let opened = crate::open(&cfg).await.expect("registry on defaults");
+    (dir, opened.registry)
 }

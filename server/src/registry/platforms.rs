@@ -155,6 +155,7 @@ impl Registry {
         &self,
         repo: &str,
         m: &Manifest,
+        mode: super::PutMode,
         out: &mut Checked,
     ) -> Result<()> {
         let policy = self.settings.policies.for_repo(repo);
@@ -180,7 +181,7 @@ impl Registry {
                     .map(|p| p.os_features.join(",")),
             });
             let Some(child) = self.meta.manifest(repo, &d.digest).await? else {
-                if policy.sparse_index || super::put_mode().sparse_index {
+                if policy.sparse_index || mode.sparse_index {
                     continue;
                 }
                 return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
@@ -230,25 +231,31 @@ impl Registry {
         Ok(())
     }
 
-    /// A manifest as a client with this `Accept` should get it: a client that takes no list
-    /// type gets the linux/amd64 entry of a list (as distribution does), or MANIFEST_UNKNOWN.
-    pub async fn manifest_for_accept(
+    /// A pull of a manifest: the gate (for a tag under a pull-gating policy), then the
+    /// manifest as a client that accepts `accepts` (media types, `*/*`; empty: anything)
+    /// should get it: a client that takes no list type gets the linux/amd64 entry of a list
+    /// (as distribution does), or MANIFEST_UNKNOWN. A tag is resolved once: the gate and the
+    /// bytes served are about the same digest, however the tag moves meanwhile.
+    pub async fn pull_manifest(
         &self,
         repo: &str,
         reference: &Reference,
-        accept: &[&str],
+        accepts: &[String],
     ) -> Result<Arc<StoredManifest>> {
-        let m = self.manifest(repo, reference).await?;
+        let digest = self.resolve(repo, reference).await?;
+        if let Reference::Tag(tag) = reference {
+            self.pull_gate(repo, tag, &digest).await?;
+        }
+        let m = self.manifest_at(repo, &digest, reference).await?;
         // By digest the client gets exactly those bytes, whatever it accepts (distribution
         // substitutes only for tags: it cannot return content that does not match a digest).
-        if !Self::is_index(&m) || accept.is_empty() || matches!(reference, Reference::Digest(_)) {
+        if !Self::is_index(&m) || accepts.is_empty() || matches!(reference, Reference::Digest(_))
+        {
             return Ok(m);
         }
-        let takes_list = accept
+        let takes_list = accepts
             .iter()
-            .flat_map(|h| h.split(','))
-            .map(|t| t.split(';').next().unwrap_or("").trim())
-            .any(|t| t == "*/*" || t == m.media_type || is_index_media_type(t));
+            .any(|t| t == "*/*" || *t == m.media_type || is_index_media_type(t));
         if takes_list {
             return Ok(m);
         }

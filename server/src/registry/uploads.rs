@@ -29,9 +29,22 @@ pub(super) struct Sessions {
 }
 
 impl Sessions {
-    fn get(&self, id: Uuid) -> Session {
+    /// The in-memory state of a session already known here.
+    fn known(&self, id: Uuid) -> Option<Session> {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&id).cloned()
+    }
+
+    /// The in-memory state of a session the caller has checked exists. Only ids that named a
+    /// live session are ever inserted: made-up ids must not grow the map.
+    fn insert_checked(&self, id: Uuid) -> Session {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(id).or_default().clone()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn remove(&self, id: Uuid) {
@@ -207,6 +220,26 @@ impl Registry {
         self.store.upload_len(id).await?.ok_or_else(unknown)
     }
 
+    /// The locked in-memory state of a live session of `repo`, and its stored length. An id
+    /// that names no session of `repo` is refused before anything is kept for it.
+    async fn lock_session(
+        &self,
+        repo: &str,
+        id: Uuid,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<SessionState>, u64)> {
+        let session = match self.uploads.known(id) {
+            Some(s) => s,
+            None => {
+                self.session_len(repo, id).await?;
+                self.uploads.insert_checked(id)
+            }
+        };
+        let st = session.lock_owned().await;
+        // Checked again under the lock: another request may have finished or cancelled it.
+        let len = self.session_len(repo, id).await?;
+        Ok((st, len))
+    }
+
     /// Where the upload stands.
     pub async fn upload_status(&self, repo: &str, id: Uuid) -> Result<UploadStatus> {
         let offset = self.session_len(repo, id).await?;
@@ -253,9 +286,7 @@ impl Registry {
 
     /// Appends a chunk. All or nothing: a failed chunk leaves the upload as it was.
     pub async fn patch_upload(&self, repo: &str, id: Uuid, chunk: Chunk) -> Result<UploadStatus> {
-        let session = self.uploads.get(id);
-        let mut st = session.lock().await;
-        let offset = self.session_len(repo, id).await?;
+        let (mut st, offset) = self.lock_session(repo, id).await?;
         let body = chunk.checked_body(offset).await?;
         let mut hasher = self.hasher_at(&mut st, id, offset).await?;
         match self.store.append(id, offset, body, &mut hasher).await {
@@ -284,9 +315,7 @@ impl Registry {
         digest: &Digest,
         last: Option<Chunk>,
     ) -> Result<u64> {
-        let session = self.uploads.get(id);
-        let mut st = session.lock().await;
-        let mut len = self.session_len(repo, id).await?;
+        let (mut st, mut len) = self.lock_session(repo, id).await?;
         // The last chunk's range is checked as PATCH checks it, before anything is written.
         let body = match last {
             Some(c) => Some(c.checked_body(len).await?),
@@ -402,9 +431,7 @@ impl Registry {
 
     /// Cancels an upload.
     pub async fn cancel_upload(&self, repo: &str, id: Uuid) -> Result<()> {
-        let session = self.uploads.get(id);
-        let _st = session.lock().await;
-        self.session_len(repo, id).await?;
+        let (_st, _) = self.lock_session(repo, id).await?;
         self.drop_upload(id).await
     }
 
@@ -421,11 +448,12 @@ impl Registry {
         let stale = self.meta.stale_uploads(before).await?;
         let mut n = 0;
         for id in stale {
-            let session = self.uploads.get(id);
             // A request in flight holds the lock: leave that session for the next round.
-            let Ok(_st) = session.try_lock() else {
+            let session = self.uploads.known(id);
+            let held = session.as_ref().map(|s| s.try_lock());
+            if matches!(held, Some(Err(_))) {
                 continue;
-            };
+            }
             self.drop_upload(id).await?;
             n += 1;
         }
@@ -442,5 +470,51 @@ impl Registry {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::test_registry;
+
+    fn chunk(bytes: &'static [u8]) -> Chunk {
+        Chunk::streamed(futures::stream::once(async move { Ok(bytes::Bytes::from_static(bytes)) }).boxed())
+    }
+
+    /// Requests with made-up upload ids (or ids of another repository's session) are refused
+    /// and leave nothing behind in memory.
+    #[tokio::test]
+    async fn unknown_upload_ids_keep_no_state() {
+        let (_dir, reg) = test_registry().await;
+        let live = reg.start_upload("a").await.unwrap();
+        for _ in 0..100 {
+            let id = Uuid::new_v4();
+            assert!(matches!(
+                reg.patch_upload("a", id, chunk(b"x")).await,
+                Err(RegistryError::UploadUnknown(_))
+            ));
+            let d = Digest::sha256(b"x");
+            assert!(matches!(
+                reg.finish_upload("a", id, &d, None).await,
+                Err(RegistryError::UploadUnknown(_))
+            ));
+            assert!(matches!(
+                reg.cancel_upload("a", id).await,
+                Err(RegistryError::UploadUnknown(_))
+            ));
+        }
+        assert!(matches!(
+            reg.patch_upload("b", live.id, chunk(b"x")).await,
+            Err(RegistryError::UploadUnknown(_))
+        ));
+        assert_eq!(reg.uploads.len(), 0, "refused ids must not be kept");
+        // A live session is kept while it is open and dropped when it closes.
+        reg.patch_upload("a", live.id, chunk(b"x")).await.unwrap();
+        assert_eq!(reg.uploads.len(), 1);
+        reg.finish_upload("a", live.id, &Digest::sha256(b"x"), None)
+            .await
+            .unwrap();
+        assert_eq!(reg.uploads.len(), 0);
     }
 }

@@ -13,7 +13,7 @@ use berth_oci::image_config::ImageConfig;
 use berth_oci::media_type as mt;
 use berth_oci::platform::{self, ClientRule, Host, Isolation, Platform, Runnability};
 use berth_oci::verify::{self as wire, build_of, isolation_str, JobState};
-use berth_oci::{Digest, Manifest, ManifestKind, Reference, RepoPattern};
+use berth_oci::{Digest, Manifest, ManifestKind, Reference, RepoPattern, Tag};
 use berth_storage::meta::{JobRow, NewJob};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -733,15 +733,11 @@ impl Registry {
 
     /// The pull gate: refuses a pull by tag of a manifest whose required checks have not
     /// passed, where the repository's policy asks for it.
-    pub async fn pull_gate(&self, repo: &str, reference: &Reference) -> Result<()> {
-        let Reference::Tag(tag) = reference else {
-            return Ok(());
-        };
+    pub(super) async fn pull_gate(&self, repo: &str, tag: &Tag, digest: &Digest) -> Result<()> {
         if !self.verify_policy(repo).is_some_and(|p| p.pull_gate) {
             return Ok(());
         }
-        let digest = self.resolve(repo, reference).await?;
-        let st = self.verification_status(repo, &digest).await?;
+        let st = self.verification_status(repo, digest).await?;
         if st.ok {
             return Ok(());
         }
@@ -835,6 +831,7 @@ impl Registry {
             Some(mt::OCI_MANIFEST),
             &bytes,
             &[],
+            super::PutMode::CLIENT,
         )
         .await?;
         self.meta

@@ -3,10 +3,11 @@
 
 use crate::accounts;
 use crate::auth::{basic_credentials, AuthState, Caller};
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -40,10 +41,10 @@ pub(crate) async fn api_principal(
         return Ok(None);
     };
     let unauthorized = || {
-        ApiError::oci(ErrorCode::Unauthorized, "credentials required").header(
-            "www-authenticate",
-            format!("Basic realm=\"{}\"", a.cfg.service),
-        )
+        ApiError::from(Refusal::Unauthenticated {
+            message: "credentials required",
+            challenge: format!("Basic realm=\"{}\"", a.cfg.service),
+        })
     };
     if let Some(creds) = basic_credentials(headers) {
         let Ok((u, p)) = creds else {
@@ -131,14 +132,11 @@ impl Who {
         if self.may(repo, action) {
             Ok(())
         } else {
-            Err(ApiError::oci(
-                ErrorCode::Denied,
-                format!(
-                    "requested access to the resource is denied: {} on {repo}",
-                    action.as_str()
-                ),
-            )
-            .detail(json!({"name": repo, "action": action.as_str()})))
+            Err(Refusal::AccessDenied {
+                repo: repo.to_owned(),
+                action,
+            }
+            .into())
         }
     }
 }
@@ -162,6 +160,39 @@ pub(crate) async fn who(st: &AppState, h: &HeaderMap, peer: SocketAddr) -> Resul
     })
 }
 
+fn peer_of(parts: &Parts) -> Result<SocketAddr, ApiError> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no peer address on the request")))
+}
+
+/// The caller of a `/berth/v1/` route, as an extractor: authenticated (Basic credentials,
+/// rate limited like logins, or a berth token) before the handler runs.
+impl FromRequestParts<AppState> for Who {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let peer = peer_of(parts)?;
+        who(st, &parts.headers, peer).await
+    }
+}
+
+/// A handler that takes `Admin` runs only for admins (see [`require_admin`]); anyone when
+/// auth is off.
+pub(crate) struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let peer = peer_of(parts)?;
+        require_admin(st, &parts.headers, peer).await?;
+        Ok(Admin)
+    }
+}
+
 /// Admins only: Basic credentials of an admin, or an admin's Bearer token granted
 /// `registry:admin:*` (a token scoped to some repositories does not administer anything).
 pub(crate) async fn require_admin(
@@ -175,12 +206,12 @@ pub(crate) async fn require_admin(
     } else if who.token.is_some()
         && matches!(who.principal, Some(Principal::User { admin: true, .. }))
     {
-        Err(ApiError::oci(
-            ErrorCode::Denied,
-            "admin rights required: this token was not granted registry:admin:*",
-        ))
+        Err(Refusal::Denied(
+            "admin rights required: this token was not granted registry:admin:*".into(),
+        )
+        .into())
     } else {
-        Err(ApiError::oci(ErrorCode::Denied, "admin rights required"))
+        Err(Refusal::Denied("admin rights required".into()).into())
     }
 }
 
@@ -190,21 +221,19 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
 }
 
 pub(crate) fn bad(e: anyhow::Error) -> ApiError {
-    ApiError::oci(ErrorCode::Unsupported, format!("{e:#}")).status(StatusCode::BAD_REQUEST)
+    Refusal::BadRequest(format!("{e:#}")).into()
 }
 
 pub(crate) fn not_found(what: &str) -> ApiError {
-    ApiError::oci(ErrorCode::NameUnknown, format!("{what} not found")).status(StatusCode::NOT_FOUND)
+    Refusal::NotFound(what.to_owned()).into()
 }
 
 /// `GET /berth/v1/users`
 pub async fn list_users(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    _admin: Admin,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
-    let users = st.registry.meta.users().await?;
+    let users = st.accounts.users().await?;
     let out: Vec<_> = users
         .into_iter()
         .map(|u| json!({"name": u.name, "admin": u.admin, "groups": u.groups}))
@@ -226,13 +255,11 @@ pub struct NewUser {
 /// `POST /berth/v1/users`
 pub async fn create_user(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    _admin: Admin,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let u: NewUser = json_body(&body)?;
-    accounts::add_user(&st.registry.meta, &u.name, &u.password, u.admin, &u.groups)
+    accounts::add_user(&st.accounts, &u.name, &u.password, u.admin, &u.groups)
         .await
         .map_err(bad)?;
     Ok((
@@ -251,14 +278,12 @@ pub struct Passwd {
 /// `PUT /berth/v1/users/{name}`: new password.
 pub async fn update_user(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let p: Passwd = json_body(&body)?;
-    if accounts::set_password(&st.registry.meta, &name, &p.password)
+    if accounts::set_password(&st.accounts, &name, &p.password)
         .await
         .map_err(bad)?
     {
@@ -271,12 +296,10 @@ pub async fn update_user(
 /// `DELETE /berth/v1/users/{name}`
 pub async fn delete_user(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
-    if st.registry.meta.delete_user(&name).await? {
+    if st.accounts.delete_user(&name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(not_found("user"))
@@ -286,10 +309,8 @@ pub async fn delete_user(
 /// `GET /berth/v1/robots`
 pub async fn list_robots(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    _admin: Admin,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let out: Vec<_> = st
         .registry
         .meta
@@ -315,11 +336,9 @@ pub struct NewRobot {
 /// `POST /berth/v1/robots`: the secret is in this answer and nowhere else.
 pub async fn create_robot(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    _admin: Admin,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let r: NewRobot = json_body(&body)?;
     let expires = r
         .expires
@@ -327,7 +346,7 @@ pub async fn create_robot(
         .map(accounts::parse_duration)
         .transpose()
         .map_err(bad)?;
-    let secret = accounts::create_robot(&st.registry.meta, &r.name, &r.allow, expires)
+    let secret = accounts::create_robot(&st.accounts, &r.name, &r.allow, expires)
         .await
         .map_err(bad)?;
     Ok((
@@ -340,13 +359,11 @@ pub async fn create_robot(
 /// `DELETE /berth/v1/robots/{name}`
 pub async fn delete_robot(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let name = name.strip_prefix("robot$").unwrap_or(&name).to_owned();
-    if st.registry.meta.delete_robot(&name).await? {
+    if st.accounts.delete_robot(&name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(not_found("robot"))
@@ -356,10 +373,8 @@ pub async fn delete_robot(
 /// `GET /berth/v1/permissions`
 pub async fn list_permissions(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    _admin: Admin,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let out: Vec<_> = st
         .registry
         .meta
@@ -382,11 +397,9 @@ pub struct NewPermission {
 /// `POST /berth/v1/permissions`
 pub async fn create_permission(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    _admin: Admin,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let p: NewPermission = json_body(&body)?;
     let ok = p.principal == "anonymous"
         || ["user:", "group:", "robot:"]
@@ -397,7 +410,7 @@ pub async fn create_permission(
             "principal must be user:NAME, group:NAME, robot:NAME or anonymous"
         )));
     }
-    accounts::grant(&st.registry.meta, &p.principal, &p.pattern, &p.actions)
+    accounts::grant(&st.accounts, &p.principal, &p.pattern, &p.actions)
         .await
         .map_err(bad)?;
     Ok(StatusCode::CREATED.into_response())
@@ -407,25 +420,21 @@ pub async fn create_permission(
 /// working (access tokens already issued run out within `token_ttl_secs`).
 pub async fn revoke_user_tokens(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
-    let exists = st.registry.meta.user(&name).await?.is_some();
+    let exists = st.accounts.user(&name).await?.is_some();
     revoke_tokens(&st, "user", &name, exists).await
 }
 
 /// `POST /berth/v1/robots/{name}/revoke-tokens`
 pub async fn revoke_robot_tokens(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let name = name.strip_prefix("robot$").unwrap_or(&name);
-    let exists = st.registry.meta.robot(name).await?.is_some();
+    let exists = st.accounts.robot(name).await?.is_some();
     revoke_tokens(&st, "robot", name, exists).await
 }
 

@@ -1,6 +1,6 @@
 //! berth's own JSON API under `/berth/v1/`: the variant table and the host resolver.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::AppState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
@@ -13,11 +13,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 
 pub(crate) fn bad_query(e: QueryRejection) -> ApiError {
-    ApiError::oci(
-        ErrorCode::Unsupported,
-        format!("invalid query: {}", e.body_text()),
-    )
-    .status(axum::http::StatusCode::BAD_REQUEST)
+    Refusal::BadRequest(format!("invalid query: {}", e.body_text())).into()
 }
 
 /// `?repository=&reference=`
@@ -30,7 +26,7 @@ pub struct InspectQuery {
 fn target(repo: &str, reference: &str) -> Result<(RepoName, Reference), ApiError> {
     let name: RepoName = repo
         .parse()
-        .map_err(|e: berth_oci::NameError| ApiError::oci(ErrorCode::NameInvalid, e.to_string()))?;
+        .map_err(|e: berth_oci::NameError| Refusal::NameInvalid(e.to_string()))?;
     let r: Reference = super::reference(reference)?;
     Ok((name, r))
 }
@@ -83,8 +79,7 @@ pub async fn resolve(
         q.platform
             .parse()
             .map_err(|e: berth_oci::platform::PlatformError| {
-                ApiError::oci(ErrorCode::Unsupported, format!("invalid platform: {e}"))
-                    .status(axum::http::StatusCode::BAD_REQUEST)
+                Refusal::BadRequest(format!("invalid platform: {e}"))
             })?;
     if let Some(f) = q.features.filter(|f| !f.is_empty()) {
         platform.os_features = f.split(',').map(str::to_owned).collect();

@@ -1,7 +1,8 @@
 //! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>` (spec end-2, end-10).
 
 use super::header_str;
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
+use crate::mirror::proxy::StreamedBlob;
 use crate::AppState;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
@@ -47,11 +48,7 @@ pub async fn get(
         RangeReq::Full => (StatusCode::OK, None),
         RangeReq::Part(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
         RangeReq::Unsatisfiable => {
-            return Err(
-                ApiError::oci(ErrorCode::BlobUnknown, "requested range not satisfiable")
-                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header("content-range", format!("bytes */{total}")),
-            );
+            return Err(Refusal::RangeNotSatisfiable { total }.into());
         }
     };
     let len = part.map_or(total, |r| r.end - r.start);
@@ -74,7 +71,7 @@ pub async fn get(
             .body(Body::empty())
             .map_err(|e| ApiError::Internal(e.into()));
     }
-    if let Some(url) = st.registry.store.redirect_url(&blob).await? {
+    if let Some(url) = st.registry.redirect_url(&blob).await? {
         // The client fetches the bytes from the store itself (Range included).
         return Response::builder()
             .status(StatusCode::TEMPORARY_REDIRECT)
@@ -87,6 +84,18 @@ pub async fn get(
     let body = st.registry.read_blob(&blob, part).await?;
     builder
         .body(Body::from_stream(body.stream))
+        .map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// A whole blob the pull-through cache streams from its upstream while it stores it.
+pub fn streamed(digest: &Digest, b: StreamedBlob) -> Result<Response, ApiError> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, b.len)
+        .header("docker-content-digest", digest_header(digest))
+        .header(header::ETAG, format!("\"{digest}\""))
+        .body(Body::from_stream(b.body))
         .map_err(|e| ApiError::Internal(e.into()))
 }
 

@@ -2,7 +2,7 @@
 //! and a `Link: <...>; rel="next"` header.
 
 use super::{query_get, query_pairs};
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -22,8 +22,7 @@ fn page_size(q: &[(String, String)]) -> Result<i64, ApiError> {
             .filter(|n| *n >= 0)
             .map(|n| n.min(MAX_PAGE))
             .ok_or_else(|| {
-                ApiError::oci(ErrorCode::Unsupported, format!("invalid page size n={n}"))
-                    .status(StatusCode::BAD_REQUEST)
+                Refusal::BadRequest(format!("invalid page size n={n}")).into()
             }),
     }
 }

@@ -1,10 +1,11 @@
 //! `GET|HEAD|PUT|DELETE /v2/<name>/manifests/<reference>` (spec end-3, end-7, end-9).
 
 use super::{header_str, query_pairs};
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
+use crate::registry::PutMode;
 use crate::AppState;
 use axum::body::Body;
-use axum::http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_oci::{ErrorCode, Reference, RepoName};
 use http_body_util::BodyExt;
@@ -16,16 +17,10 @@ pub async fn get(
     reference: Reference,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let accept: Vec<&str> = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    st.registry.pull_gate(name.as_str(), &reference).await?;
+    let accepts = accepted_types(req.headers());
     let m = st
         .registry
-        .manifest_for_accept(name.as_str(), &reference, &accept)
+        .pull_manifest(name.as_str(), &reference, &accepts)
         .await?;
     let ct = HeaderValue::from_str(&m.media_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
@@ -49,6 +44,18 @@ pub async fn get(
     Ok((StatusCode::OK, headers, Body::from(m.content.clone())).into_response())
 }
 
+/// The media types of every `Accept` header (`a, b;q=0.5` → `a`, `b`), parameters dropped.
+/// An empty header still counts as one (empty) type: the client sent an Accept that names no
+/// list type.
+fn accepted_types(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_owned())
+        .collect()
+}
+
 /// PUT: validate, store byte-exact, tag.
 pub async fn put(
     st: &AppState,
@@ -57,13 +64,7 @@ pub async fn put(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let max = st.registry.settings.manifest_max_bytes;
-    let too_big = || {
-        ApiError::oci(
-            ErrorCode::SizeInvalid,
-            format!("manifest larger than the {max} bytes this registry accepts"),
-        )
-        .status(StatusCode::PAYLOAD_TOO_LARGE)
-    };
+    let too_big = || ApiError::from(Refusal::ManifestTooLarge(max));
     if super::content_length(req.headers()).is_some_and(|n| n > max) {
         return Err(too_big());
     }
@@ -84,10 +85,7 @@ pub async fn put(
             return Err(too_big())
         }
         Err(e) => {
-            return Err(ApiError::oci(
-                ErrorCode::ManifestInvalid,
-                format!("manifest body not received: {e}"),
-            ))
+            return Err(Refusal::ManifestNotReceived(e.to_string()).into())
         }
     };
     let put = st
@@ -98,6 +96,7 @@ pub async fn put(
             content_type.as_deref(),
             &body,
             &tags,
+            PutMode::CLIENT,
         )
         .await?;
     let mut r = (
@@ -147,4 +146,18 @@ pub async fn delete(
         .delete_manifest(name.as_str(), &reference)
         .await?;
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_headers_become_media_types() {
+        let mut h = HeaderMap::new();
+        assert!(accepted_types(&h).is_empty());
+        h.append(header::ACCEPT, HeaderValue::from_static("a/b, c/d;q=0.5"));
+        h.append(header::ACCEPT, HeaderValue::from_static(" */* ;q=0.1,,"));
+        assert_eq!(accepted_types(&h), ["a/b", "c/d", "*/*", "", ""]);
+    }
 }

@@ -1,8 +1,8 @@
 //! The mirror admin API under `/berth/v1/mirrors` (admins only; open when auth is off):
 //! definitions, runs started on demand, and run reports.
 
-use super::admin::{bad, json_body, not_found, require_admin};
-use crate::error::ApiError;
+use super::admin::{bad, json_body, not_found, Admin};
+use crate::error::{ApiError, Refusal};
 use crate::mirror::def::MirrorDef;
 use crate::mirror::{DefError, Source};
 use crate::AppState;
@@ -32,7 +32,7 @@ fn def_error(e: DefError) -> ApiError {
     match e {
         DefError::Invalid(m) => bad(anyhow::anyhow!(m)),
         DefError::FromConfig(_) => {
-            ApiError::oci(ErrorCode::Denied, e.to_string()).status(StatusCode::CONFLICT)
+            Refusal::Conflict(e.to_string()).into()
         }
         DefError::Storage(e) => e.into(),
     }
@@ -49,10 +49,8 @@ async fn last_run(st: &AppState, name: &str) -> Result<Option<Value>, ApiError> 
 /// `GET /berth/v1/mirrors`
 pub async fn list(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    _admin: Admin,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let mut out = Vec::new();
     for (d, src) in st.mirrors.list().await? {
         let last = last_run(&st, &d.name).await?;
@@ -64,11 +62,9 @@ pub async fn list(
 /// `GET /berth/v1/mirrors/{name}`
 pub async fn get(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let (d, src) = st
         .mirrors
         .get(&name)
@@ -81,12 +77,10 @@ pub async fn get(
 /// `PUT /berth/v1/mirrors/{name}`: create or replace (the body's `name`, if any, must agree).
 pub async fn put(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let mut v: Value = json_body(&body)?;
     if let Some(o) = v.as_object_mut() {
         match o.get("name").and_then(Value::as_str) {
@@ -115,11 +109,9 @@ pub async fn put(
 /// `DELETE /berth/v1/mirrors/{name}` (API-defined mirrors only; what it copied stays).
 pub async fn delete(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     if st.mirrors.delete(&name).await.map_err(def_error)? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -130,11 +122,9 @@ pub async fn delete(
 /// `POST /berth/v1/mirrors/{name}/runs`: start a run now (202 with its id).
 pub async fn run(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     if st.mirrors.get(&name).await?.is_none() {
         return Err(not_found("mirror"));
     }
@@ -149,7 +139,7 @@ pub async fn run(
         )
             .into_response()),
         Err(e) => {
-            Err(ApiError::oci(ErrorCode::Denied, format!("{e:#}")).status(StatusCode::CONFLICT))
+            Err(Refusal::Conflict(format!("{e:#}")).into())
         }
     }
 }
@@ -164,12 +154,10 @@ pub struct RunsQuery {
 /// `GET /berth/v1/mirrors/{name}/runs`: newest first, with reports.
 pub async fn runs(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(name): Path<String>,
     Query(q): Query<RunsQuery>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     let n = q.n.unwrap_or(20).clamp(1, 1000);
     let runs = st.mirrors.runs(Some(&name), n).await?;
     Ok(Json(json!({ "runs": runs })).into_response())
@@ -178,11 +166,9 @@ pub async fn runs(
 /// `GET /berth/v1/mirrors/{name}/runs/{id}`: one run; live counters while it runs.
 pub async fn run_report(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path((name, id)): Path<(String, i64)>,
-    h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &h, peer).await?;
     match st.mirrors.report(id).await? {
         Some(r) if r.mirror == name => Ok(Json(r).into_response()),
         _ => Err(not_found("run")),

@@ -16,7 +16,7 @@ mod uploads;
 pub mod verify;
 
 use crate::auth::{Caller, Need};
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -80,31 +80,31 @@ pub enum OciPath {
 }
 
 fn not_found() -> ApiError {
-    ApiError::oci(ErrorCode::NameUnknown, "no such endpoint").status(StatusCode::NOT_FOUND)
+    Refusal::NoEndpoint.into()
 }
 
 fn name(s: &str) -> Result<RepoName, ApiError> {
     s.parse()
-        .map_err(|e: berth_oci::NameError| ApiError::oci(ErrorCode::NameInvalid, e.to_string()))
+        .map_err(|e: berth_oci::NameError| Refusal::NameInvalid(e.to_string()).into())
 }
 
 /// Parses a digest from a request, as DIGEST_INVALID on failure.
 pub fn digest(s: &str) -> Result<Digest, ApiError> {
     s.parse()
-        .map_err(|e: berth_oci::DigestError| ApiError::oci(ErrorCode::DigestInvalid, e.to_string()))
+        .map_err(|e: berth_oci::DigestError| Refusal::DigestInvalid(e.to_string()).into())
 }
 
 pub(crate) fn reference(s: &str) -> Result<Reference, ApiError> {
     s.parse().map_err(|e| match e {
         berth_oci::reference::ReferenceError::Digest(d) => {
-            ApiError::oci(ErrorCode::DigestInvalid, d.to_string())
+            Refusal::DigestInvalid(d.to_string()).into()
         }
         berth_oci::reference::ReferenceError::Tag(t) => bad_tag(t.to_string()),
     })
 }
 
 fn bad_tag(why: String) -> ApiError {
-    ApiError::oci(ErrorCode::ManifestInvalid, why)
+    Refusal::TagInvalid(why).into()
 }
 
 impl OciPath {
@@ -143,7 +143,7 @@ impl OciPath {
                         name,
                         why: t.to_string(),
                     },
-                    Err(e) => return Err(ApiError::oci(ErrorCode::DigestInvalid, e.to_string())),
+                    Err(e) => return Err(Refusal::DigestInvalid(e.to_string()).into()),
                 }
             }
             ("blobs", d) => Self::Blob {
@@ -161,10 +161,7 @@ impl OciPath {
 }
 
 fn unsupported() -> ApiError {
-    ApiError::oci(
-        ErrorCode::Unsupported,
-        "method not allowed on this endpoint",
-    )
+    Refusal::MethodNotAllowed.into()
 }
 
 /// `GET /v2/`: the API version check (and, under token auth, the login probe).
@@ -235,21 +232,17 @@ pub async fn dispatch(
             manifests::delete(&st, name, reference).await
         }
         (Method::GET | Method::HEAD | Method::DELETE, OciPath::ManifestBadTag { why, .. }) => {
-            Err(ApiError::oci(
-                ErrorCode::ManifestUnknown,
-                format!("manifest unknown: {why}"),
-            )
-            .status(StatusCode::NOT_FOUND))
+            Err(Refusal::ReferenceUnknown(why).into())
         }
         (Method::PUT, OciPath::ManifestBadTag { why, .. }) => Err(bad_tag(why)),
         (ref m @ (Method::GET | Method::HEAD), OciPath::Blob { name, digest }) => {
             let whole_get = *m == Method::GET && !req.headers().contains_key("range");
-            if let Some(resp) = st
+            if let Some(b) = st
                 .mirrors
                 .stream_blob_miss(name.as_str(), &digest, whole_get)
                 .await?
             {
-                return Ok(resp);
+                return blobs::streamed(&digest, b);
             }
             st.mirrors.ensure_blob(name.as_str(), &digest).await?;
             blobs::get(&st, name, digest, req).await
@@ -273,7 +266,7 @@ pub async fn dispatch(
 /// Parses an upload id; anything that is not one of ours is an unknown upload.
 fn upload_id(s: &str) -> Result<Uuid, ApiError> {
     s.parse::<Uuid>()
-        .map_err(|_| ApiError::oci(ErrorCode::BlobUploadUnknown, "upload unknown"))
+        .map_err(|_| Refusal::UploadIdUnknown.into())
 }
 
 /// Query parameters, repeated keys kept in order.

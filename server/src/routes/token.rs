@@ -3,7 +3,7 @@
 
 use super::query_pairs;
 use crate::auth::{bad_credentials, basic_credentials, AuthState, NO_ACCOUNT};
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::registry::verification::rfc3339;
 use crate::AppState;
 use axum::body::{Body, Bytes};
@@ -18,11 +18,7 @@ use std::net::SocketAddr;
 
 fn auth_state(st: &AppState) -> Result<&AuthState, ApiError> {
     st.auth.as_deref().ok_or_else(|| {
-        ApiError::oci(
-            ErrorCode::Unsupported,
-            "token authentication is not enabled",
-        )
-        .status(StatusCode::NOT_FOUND)
+        Refusal::TokenAuthDisabled.into()
     })
 }
 
@@ -103,19 +99,12 @@ async fn issue(
 }
 
 fn revoked() -> ApiError {
-    ApiError::oci(
-        ErrorCode::Unauthorized,
-        "invalid refresh token (revoked, replaced or expired)",
-    )
+    Refusal::BadCredentials("invalid refresh token (revoked, replaced or expired)").into()
 }
 
 fn check_service(a: &AuthState, service: Option<&str>) -> Result<(), ApiError> {
     match service {
-        Some(s) if !s.is_empty() && s != a.cfg.service => Err(ApiError::oci(
-            ErrorCode::Unsupported,
-            format!("unknown service {s:?}"),
-        )
-        .status(StatusCode::BAD_REQUEST)),
+        Some(s) if !s.is_empty() && s != a.cfg.service => Err(Refusal::BadRequest(format!("unknown service {s:?}")).into()),
         _ => Ok(()),
     }
 }
@@ -199,17 +188,11 @@ pub async fn post_token(
             let claims = match a.keys.verify(t, &a.cfg.service, true) {
                 Ok(c) if c.iss == a.cfg.issuer => c,
                 _ => {
-                    return Err(ApiError::oci(
-                        ErrorCode::Unauthorized,
-                        "invalid refresh token",
-                    ));
+                    return Err(Refusal::BadCredentials("invalid refresh token").into());
                 }
             };
             let Some(principal) = a.authorizer.principal(&claims.sub).await? else {
-                return Err(ApiError::oci(
-                    ErrorCode::Unauthorized,
-                    "the account no longer exists",
-                ));
+                return Err(Refusal::BadCredentials("the account no longer exists").into());
             };
             let Some(key) = refresh_key(&principal) else {
                 return Err(revoked());
@@ -225,11 +208,11 @@ pub async fn post_token(
             };
             issue(a, &principal, &scopes, refresh).await
         }
-        other => Err(ApiError::oci(
-            ErrorCode::Unsupported,
-            format!("unsupported grant_type {:?}", other.unwrap_or("")),
-        )
-        .status(StatusCode::BAD_REQUEST)),
+        other => Err(Refusal::BadRequest(format!(
+            "unsupported grant_type {:?}",
+            other.unwrap_or("")
+        ))
+        .into()),
     }
 }
 

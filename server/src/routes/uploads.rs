@@ -2,8 +2,9 @@
 
 use super::{body_stream, content_length, digest, header_str, query_get, query_pairs, upload_id};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::registry::{upload_range, Chunk, ChunkRange, UploadStatus};
+use crate::error::{ApiError, Refusal};
+use crate::error::upload_range;
+use crate::registry::{Chunk, ChunkRange, UploadStatus};
 use crate::AppState;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -85,7 +86,7 @@ pub async fn start(
         return Ok(accepted_with(
             &name,
             s,
-            st.registry.store.chunk_min_length(),
+            st.registry.chunk_min_length(),
         ));
     }
     if let Some(dg) = query_get(&q, "digest") {
@@ -99,7 +100,7 @@ pub async fn start(
     Ok(accepted_with(
         &name,
         s,
-        st.registry.store.chunk_min_length(),
+        st.registry.chunk_min_length(),
     ))
 }
 
@@ -115,10 +116,9 @@ pub async fn status(st: &AppState, name: RepoName, id: &str) -> Result<Response,
 /// Parses `Content-Range: <start>-<end>` ([`berth_oci::range::parse_content_range`]).
 fn chunk_range(h: &str) -> Result<ChunkRange, ApiError> {
     let (start, end) = berth_oci::range::parse_content_range(h).ok_or_else(|| {
-        ApiError::oci(
-            ErrorCode::BlobUploadInvalid,
-            format!("malformed Content-Range {h:?}: expected <start>-<end>"),
-        )
+        Refusal::ContentRangeInvalid(format!(
+            "malformed Content-Range {h:?}: expected <start>-<end>"
+        ))
     })?;
     Ok(ChunkRange { start, end })
 }
@@ -128,7 +128,7 @@ fn chunk(req: Request<Body>) -> Result<Chunk, ApiError> {
     let range = match req.headers().get("content-range") {
         None => None,
         Some(v) => Some(chunk_range(v.to_str().map_err(|_| {
-            ApiError::oci(ErrorCode::BlobUploadInvalid, "Content-Range is not ASCII")
+            Refusal::ContentRangeInvalid("Content-Range is not ASCII".into())
         })?)?),
     };
     Ok(Chunk {
@@ -169,10 +169,7 @@ pub async fn put(
             st.registry.cancel_upload(name.as_str(), id).await?;
             return Err(match bad {
                 Some(Err(e)) => e,
-                _ => ApiError::oci(
-                    ErrorCode::DigestInvalid,
-                    "the closing PUT needs a ?digest= parameter",
-                ),
+                _ => Refusal::DigestRequired.into(),
             });
         }
     };

@@ -58,7 +58,7 @@ impl Client {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(crate::cli_client::api_error(status, &body));
+            return Err(crate::cli::client::api_error(status, &body));
         }
         Ok(body)
     }

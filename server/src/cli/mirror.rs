@@ -142,10 +142,9 @@ async fn open_local(t: &Target) -> anyhow::Result<(Arc<Mirrors>, berth_storage::
         cfg.data_dir = d.clone();
     }
     cfg.validate()?;
-    let registry = berth_server::open(&cfg).await?;
-    let meta = registry.meta.clone();
-    let m = Mirrors::new(registry, cfg.mirrors.clone(), cfg.proxy.clone())?;
-    Ok((Arc::new(m), meta))
+    let berth_server::Opened { registry, records } = berth_server::open(&cfg).await?;
+    let m = Mirrors::new(registry, records.clone(), cfg.mirrors.clone(), cfg.proxy.clone())?;
+    Ok((Arc::new(m), records))
 }
 
 struct Remote {

@@ -1,0 +1,7 @@
+//! What only the `berth` binary needs: the commands that talk to a registry over HTTP
+//! (`resolve`, `inspect`, `mirror`, `verify`, accounts with `--registry`). The library
+//! (`berth_server`) never uses these modules.
+
+pub mod client;
+pub mod mirror;
+pub mod verify;
