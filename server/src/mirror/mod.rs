@@ -354,8 +354,7 @@ impl Mirrors {
         let t = live.totals();
         let state = if t.failed > 0 { "failed" } else { "succeeded" };
         let json = serde_json::to_string(&items)?;
-        self.registry
-            .meta
+        self.records
             .finish_mirror_run(live.run_id, state, t, &json)
             .await?;
         tracing::info!(

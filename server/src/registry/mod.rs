@@ -422,6 +422,11 @@ impl Registry {
         Ok(self.meta.referrers(repo, digest, artifact_type).await?)
     }
 
+    /// Repository names after `last`, in order, at most `limit`.
+    pub async fn repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+        Ok(self.meta.list_repos(last, limit).await?)
+    }
+
     /// Tags of a repository (NAME_UNKNOWN if it does not exist).
     pub async fn tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
         if !self.meta.repo_exists(repo).await? {

@@ -312,8 +312,7 @@ pub async fn list_robots(
     _admin: Admin,
 ) -> Result<Response, ApiError> {
     let out: Vec<_> = st
-        .registry
-        .meta
+        .accounts
         .robots()
         .await?
         .into_iter()
@@ -376,8 +375,7 @@ pub async fn list_permissions(
     _admin: Admin,
 ) -> Result<Response, ApiError> {
     let out: Vec<_> = st
-        .registry
-        .meta
+        .accounts
         .permissions(&[])
         .await?
         .into_iter()
@@ -449,8 +447,7 @@ async fn revoke_tokens(
         return Err(not_found(kind));
     }
     let n = st
-        .registry
-        .meta
+        .accounts
         .revoke_refresh_tokens(&format!("{kind}:{name}"))
         .await?;
     tracing::info!(principal = %format!("{kind}:{name}"), count = n, "refresh tokens revoked");

@@ -97,8 +97,7 @@ pub async fn catalog(State(st): State<AppState>, req: Request<Body>) -> Result<R
     loop {
         let batch = st
             .registry
-            .meta
-            .list_repos(last.as_deref(), 1000.max(n + 1))
+            .repositories(last.as_deref(), 1000.max(n + 1))
             .await?;
         let done = (batch.len() as i64) < 1000.max(n + 1);
         last = batch.last().cloned();
