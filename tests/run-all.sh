@@ -32,11 +32,8 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 
-step "dependency direction"
-# oci is pure: no I/O crates may appear among its dependencies.
-if cargo tree -p berth-oci -e normal --prefix none | grep -E '^(tokio|axum|sqlx|hyper) ' ; then
-    echo "berth-oci must not depend on I/O crates" >&2; exit 1
-fi
+step "dependency direction (every crate depends only downward; sqlx only in storage; oci does no I/O)"
+bash tests/deps-check.sh
 
 step "build"
 cargo build --release --workspace --all-targets

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Type-checks berth-verifier (with its Windows-only HCS code, tests included) for
-# x86_64-pc-windows-gnu on Linux, following /work/shared/docs/WINDOWS.md "Type-checking the
+# x86_64-pc-windows-gnu on Linux, following ../shared/docs/WINDOWS.md "Type-checking the
 # Windows code on Linux":
 #   - the rustup toolchain has only the Linux target and cannot fetch another, so Debian's second
 #     toolchain (rustc-web, with the standard library's source) builds std for Windows with

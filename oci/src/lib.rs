@@ -1,7 +1,8 @@
 //! Spec types and pure rules of the OCI Distribution and Image specs, as berth uses them.
 //!
 //! This crate does no I/O and knows nothing of HTTP or storage: every other berth crate
-//! depends on it, and it depends on none of them.
+//! depends on it, and it depends on none of them. One module is berth's own rather than a spec's:
+//! [`worker_protocol`], the pure types of berth's registry–verifier protocol.
 #![warn(missing_docs)]
 
 pub mod digest;
@@ -14,7 +15,7 @@ pub mod pattern;
 pub mod platform;
 pub mod range;
 pub mod reference;
-pub mod verify;
+pub mod worker_protocol;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error_code::ErrorCode;

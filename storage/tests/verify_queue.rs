@@ -2,7 +2,7 @@
 //! idempotent completion.
 
 use berth_oci::platform::{Isolation, Platform};
-use berth_oci::verify::JobState;
+use berth_oci::worker_protocol::JobState;
 use berth_storage::meta::{ClaimFilter, Finish, Finished, Meta, NewJob};
 
 fn job(digest: &str, isolation: Isolation, host_build: Option<&str>) -> NewJob {

@@ -5,8 +5,8 @@ URL policy, sparse indexes, content negotiation for clients that take no lists, 
 (`/berth/v1/inspect`, `berth inspect`) and the host resolver (`/berth/v1/resolve`, `berth resolve`),
 with Windows-shaped images built by winimages.py, pushed through the API, by skopeo and by docker.
 
-Expected resolver answers are derived from /work/shared/docs/WINDOWS.md and the sources it names,
-not from berth's own table (oci/src/platform.rs).
+Expected resolver answers are derived from ../shared/docs/WINDOWS.md and the sources it names,
+not from berth's own table (oci/src/platform/resolve.rs).
 """
 import http.client
 import json
@@ -742,7 +742,8 @@ def test_content_negotiation_by_digest_never_rewrites(c):
 # ---------------------------------------------------------------- 7. the resolver
 
 # The list, in this order. 20348 has two revisions, the newer one first (newest-first inside a
-# build, as WINDOWS.md "Registry consequences" recommends); "999" vs "1000" differ in digit count.
+# build, as ../shared/docs/WINDOWS.md "Registry consequences" recommends); "999" vs "1000" differ
+# in digit count.
 RESOLVER_ENTRIES = [
     ("w14393", "10.0.14393.7159"),
     ("w17763", "10.0.17763.5936"),
@@ -756,7 +757,7 @@ RESOLVER_ENTRIES = [
     ("linux-arm64", None),
 ]
 
-# Sources (WINDOWS.md §2.1):
+# Sources (../shared/docs/WINDOWS.md §2.1):
 CD = "containerd/platforms platform_windows_compat.go checkWindowsHostAndContainerCompat (+#34), platforms.go Match (win32k stripped, #31)"
 CD_ORDER = "containerd/platforms platform_windows_compat.go windowsMatchComparer.Less: os.version string compare (#25)"
 CD_ONLY = "containerd/platforms compare.go Only/platformVector"
@@ -889,13 +890,15 @@ def test_resolver(reg, resolver_list, platform, isolation, rule, want, mismatch,
 
 
 @pytest.mark.parametrize("host,isolation,rule,want,missed", [
-    # containerd/platforms#34 (WINDOWS.md 2.1 (a) 5.): floor = previous LTSC of the host's generation
+    # containerd/platforms#34 (../shared/docs/WINDOWS.md 2.1 (a) 5.): floor = previous LTSC of the
+    # host's generation
     (HOSTS[26200], "process", "containerd", "w20348", []),     # before #34 the floor was 26100: nothing
     (HOSTS[26100], "process", "containerd", "w20348", []),
     (HOSTS[22621], "process", "containerd", "w20348", []),
     (HOSTS[20348], "process", "containerd", "w20348", []),
     # Hyper-V could run 17763 on these hosts, but the containerd matcher ignores isolation
-    # (WINDOWS.md: containerd#6862, KEP-4216): 17763 is a runnable entry the client drops
+    # (../shared/docs/WINDOWS.md: containerd#6862, KEP-4216): 17763 is a runnable entry the client
+    # drops
     (HOSTS[26200], "hyperv", "containerd", "w20348", ["w17763"]),
     (HOSTS[19041], "hyperv", "containerd", None, ["w17763"]),
     # moby keeps both (builds <= host) and, with no prefix match on 26200, takes list order: 17763

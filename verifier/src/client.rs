@@ -4,7 +4,9 @@
 //! against its digest before anything uses it.
 
 use anyhow::{anyhow, bail, Context, Result};
-use berth_oci::verify::{Assignment, ClaimRequest, Heartbeat, Report, Worker, WorkerRegistration};
+use berth_oci::worker_protocol::{
+    Assignment, ClaimRequest, Heartbeat, Report, Worker, WorkerRegistration,
+};
 use berth_oci::{Digest, Hasher};
 use reqwest::header::{HeaderMap, ACCEPT, WWW_AUTHENTICATE};
 use reqwest::{Client as Http, RequestBuilder, Response, StatusCode, Url};

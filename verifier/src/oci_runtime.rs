@@ -16,7 +16,7 @@ use crate::shim::ShimResult;
 use crate::unpack;
 use anyhow::{Context, Result};
 use berth_oci::platform::Isolation;
-use berth_oci::verify::{JobState, Timings};
+use berth_oci::worker_protocol::{JobState, Timings};
 use oci_spec::runtime::{
     LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, PosixRlimitBuilder, PosixRlimitType,
     ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,

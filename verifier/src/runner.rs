@@ -5,7 +5,7 @@
 //! its logic is cross-platform and runs on Linux against the HCS test double).
 
 use berth_oci::platform::{Isolation, Platform};
-use berth_oci::verify::{JobState, Timings};
+use berth_oci::worker_protocol::{JobState, Timings};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use crate::runner::{Image, Layer, Outcome, RunRequest, Runner};
 use anyhow::{anyhow, bail, Context, Result};
 use berth_oci::manifest::is_index_media_type;
 use berth_oci::platform::{self, Candidate, ClientRule, Host, Isolation, Platform, Runnability};
-use berth_oci::verify::{Assignment, HostInfo, JobState, Report, WorkerRegistration};
+use berth_oci::worker_protocol::{Assignment, HostInfo, JobState, Report, WorkerRegistration};
 use berth_oci::{Digest, Manifest, ManifestKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

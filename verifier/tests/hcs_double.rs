@@ -7,7 +7,7 @@
 #![expect(clippy::unwrap_used)]
 
 use berth_oci::platform::{Isolation, Platform};
-use berth_oci::verify::JobState;
+use berth_oci::worker_protocol::JobState;
 use berth_verifier::hcs::api::{hresult, Op};
 use berth_verifier::hcs::runner::MARKER;
 use berth_verifier::hcs::{double_runner, HcsDouble, HcsRunner, Script};

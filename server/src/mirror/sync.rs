@@ -596,7 +596,7 @@ fn filtered_index(bytes: &[u8], source: &Digest, keep: &[bool]) -> Result<Vec<u8
 }
 
 /// Orders the Windows entries of each build newest UBR first, in the positions that build's
-/// entries already hold (WINDOWS.md: then moby's stable list order and containerd's string
+/// entries already hold (../shared/docs/WINDOWS.md: then moby's stable list order and containerd's string
 /// order pick the same entry). Everything else keeps its place.
 fn newest_first_within_builds(list: &mut [serde_json::Value]) {
     let version = |e: &serde_json::Value| {

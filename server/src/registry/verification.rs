@@ -12,7 +12,7 @@ use super::{Registry, RegistryError, Result};
 use berth_oci::image_config::ImageConfig;
 use berth_oci::media_type as mt;
 use berth_oci::platform::{self, ClientRule, Host, Isolation, Platform, Runnability};
-use berth_oci::verify::{self as wire, build_of, isolation_str, JobState};
+use berth_oci::worker_protocol::{self as wire, build_of, isolation_str, JobState};
 use berth_oci::{Digest, Manifest, ManifestKind, Reference, RepoPattern, Tag};
 use berth_storage::meta::{JobRow, NewJob};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The queue side of berth's verification-worker protocol (`berth_oci::verify`):
+//! The queue side of berth's verification-worker protocol (`berth_oci::worker_protocol`):
 //! worker registration, claims with a lease (paging past jobs the worker may not take,
 //! long-polling until one comes), heartbeats, and results (final ones stored and attached as
 //! referrers, infrastructure errors re-queued with exponential backoff). Routes parse the
@@ -6,7 +6,7 @@
 
 use super::{Registry, RegistryError, Result};
 use berth_oci::platform::Platform;
-use berth_oci::verify::{
+use berth_oci::worker_protocol::{
     build_of, Assignment, Heartbeat, JobState, Report, Worker, WorkerRegistration,
 };
 use berth_storage::meta::{ClaimFilter, Finish, Finished, JobRow, WorkerRow};

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_auth::{Action, Principal};
 use berth_oci::platform::Platform;
-use berth_oci::verify::{
+use berth_oci::worker_protocol::{
     build_of, isolation_str, Assignment, ClaimRequest, Heartbeat, JobState, Report, Worker,
     WorkerRegistration,
 };

@@ -9,7 +9,7 @@
 use super::{Meta, WriteTx};
 use crate::{now_secs, Error, Result};
 use berth_oci::platform::{Isolation, Platform};
-use berth_oci::verify::{isolation_str, parse_isolation, JobState};
+use berth_oci::worker_protocol::{isolation_str, parse_isolation, JobState};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 

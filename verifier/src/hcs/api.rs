@@ -360,7 +360,8 @@ pub enum Fault {
     /// The image is broken: `failed`.
     Image,
     /// The Windows compatibility rules refuse this image on this host with this isolation:
-    /// `incompatible` (WINDOWS.md §3.4: "Record 0xc0370101 as expected incompatibility").
+    /// `incompatible` (../shared/docs/WINDOWS.md §3.4: "Record 0xc0370101 as expected
+    /// incompatibility").
     Incompatible,
 }
 

@@ -496,7 +496,7 @@ pub struct ContainerSpec {
 }
 
 /// The compute system of a process-isolated ("Argon") container (hcsdoc_wc.go;
-/// WINDOWS.md §3.3 step 4).
+/// ../shared/docs/WINDOWS.md §3.3 step 4).
 pub fn process_container(spec: &ContainerSpec) -> ComputeSystem {
     ComputeSystem {
         owner: OWNER.into(),

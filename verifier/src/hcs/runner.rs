@@ -12,7 +12,7 @@ use super::doc::{self, Layer as DocLayer};
 use super::unpack::{self, Target, UnpackError};
 use crate::runner::{ms, tail, Outcome, RunRequest, Runner};
 use berth_oci::platform::Isolation;
-use berth_oci::verify::{JobState, Timings};
+use berth_oci::worker_protocol::{JobState, Timings};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,8 +2,8 @@
 //! expect.
 //!
 //! Windows layer tars hold `Files/` (the C:\ tree), `Hives/` (registry hive deltas) and, in a
-//! base layer, `UtilityVM/` (WINDOWS.md §2.3; hcsshim `internal/wclayer/legacy.go`,
-//! `pkg/ociwclayer/import.go`). Two targets:
+//! base layer, `UtilityVM/` (../shared/docs/WINDOWS.md §2.3; hcsshim
+//! `internal/wclayer/legacy.go`, `pkg/ociwclayer/import.go`). Two targets:
 //!
 //! * [`Target::Base`]: the base layer is written straight into its layer folder, as hcsshim's
 //!   `baseLayerWriter` does, without `Hives/` (`HcsSetupBaseOSLayer` creates the hives and

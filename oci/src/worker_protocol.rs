@@ -1,8 +1,10 @@
-//! The verification protocol between the registry and `berth-verifier` workers: the JSON
-//! documents of `/berth/v1/verify/…` and the referrer artifact that carries a result.
+//! berth's own verification-worker protocol: the types exchanged between the registry and
+//! `berth-verifier` workers, i.e. the JSON documents of `/berth/v1/verify/…` and the referrer
+//! artifact that carries a result.
 //!
-//! Pure types, shared by both sides so the wire format has one definition. docs/VERIFY.md
-//! describes the protocol.
+//! This is berth's protocol, not part of any OCI spec (neither the Distribution nor the Image
+//! spec defines verification workers); it lives in this crate only because both sides need the
+//! same pure types, so the wire format has one definition. docs/VERIFY.md describes the protocol.
 
 use crate::platform::{Isolation, Platform};
 use serde::{Deserialize, Serialize};

@@ -1,462 +1,20 @@
-//! Image platforms and the rules clients use to pick one entry of an image index.
+//! The pull and run rules: which entry of an image index a client on a given host pulls, and
+//! whether that host can run it.
 //!
-//! Pure data and pure functions: no I/O, no clock, no host probing. The registry, the mirror and
-//! the verifier call [`resolve`] to answer "which manifest would *this* host pull from *this*
-//! index, and could it run it?". Nothing here imports from other berth crates.
-//!
-//! Three rule sets are reproduced, each from its source (see `/work/shared/docs/WINDOWS.md`):
-//!
-//! * **containerd** on Windows (`containerd/platforms` `platforms.go` `matcher.Match`,
-//!   `platform_windows_compat.go`, `defaults_windows.go` `Default()`): os/arch/variant equality after
-//!   normalisation, `os.features` subset with `win32k` ignored (platforms#31), the os.version build
-//!   window (with the platforms#34 floor), and the `windowsMatchComparer` order: plain string
-//!   compare of `os.version`, descending (platforms#25).
-//! * **moby** (dockerd graphdriver path, `moby/moby daemon/internal/distribution/pull_v2_windows.go`):
-//!   exact `architecture == runtime.GOARCH`, reject only an image build newer than the host build
-//!   (moby#36184), then a stable sort that moves entries whose `os.version` starts with
-//!   `"<maj>.<min>.<build>."` to the front. dockerd with the containerd image store uses the
-//!   containerd rules: model it as [`ClientRule::Containerd`].
-//! * **Linux hosts**, where both clients use `platforms.Only(host)` (`compare.go` `platformVector`;
-//!   moby `pull_v2_unix.go`): the host platform plus its fallbacks (amd64 → 386, arm64 → arm/v8..v5,
-//!   arm/vN → arm/vN-1..v5), ranked in that order.
-//!
-//! Pull rules and run rules are kept apart on purpose. The pull matchers above do not know about
-//! isolation; [`runnable`] answers with Microsoft's compatibility rules (process isolation needs the
-//! same build, or the WS2022+ stable-ABI window; Hyper-V runs any image build <= host build), and
-//! [`resolve`] reports both, so a verification report can say "moby pulls 17763 on this 20348 host
-//! and it will fail with 0xc0370101 under process isolation".
-//!
-//! Stored values are never rewritten: [`Platform::normalized`] returns a copy for comparisons only.
+//! Holds containerd's Windows matcher and comparator ([`containerd_windows_match`],
+//! [`containerd_windows_cmp`]), moby's Windows filter and comparator ([`moby_windows_filter`],
+//! [`moby_windows_cmp`]), `platforms.Only` for Linux hosts ([`platform_vector`]), Microsoft's
+//! run-time compatibility rules ([`runnable`]) and the resolver that combines them ([`resolve`]),
+//! with the host, candidate and verdict types they exchange. The rule sets and their sources are
+//! described in the parent module's documentation.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-// === Windows build numbers ===
-
-/// Windows build numbers that matter for container images (hcsshim `osversion/windowsbuilds.go`,
-/// containerd/platforms `platform_windows_compat.go`).
-pub mod build {
-    /// Windows Server 2016 / Windows 10 1607 (ltsc2016). UBR must match under process isolation.
-    pub const LTSC2016: u32 = 14393;
-    /// Windows Server 2019 / Windows 10 1809 (ltsc2019, "RS5"). First build where UBRs may differ.
-    pub const LTSC2019: u32 = 17763;
-    /// Windows Server / Windows 10 version 1903.
-    pub const V1903: u32 = 18362;
-    /// Windows Server / Windows 10 version 1909.
-    pub const V1909: u32 = 18363;
-    /// Windows Server / Windows 10 version 2004.
-    pub const V2004: u32 = 19041;
-    /// Windows Server / Windows 10 version 20H2.
-    pub const V20H2: u32 = 19042;
-    /// Windows Server 2022 (ltsc2022): the first stable-ABI release.
-    pub const LTSC2022: u32 = 20348;
-    /// Windows 11 21H2.
-    pub const WIN11_21H2: u32 = 22000;
-    /// Windows 11 22H2.
-    pub const WIN11_22H2: u32 = 22621;
-    /// Windows Server annual channel 23H2.
-    pub const V23H2: u32 = 25398;
-    /// Windows Server 2025 (ltsc2025) / Windows 11 24H2.
-    pub const LTSC2025: u32 = 26100;
-    /// Windows 11 25H2, a build past the latest LTSC (the platforms#34 case).
-    pub const WIN11_25H2: u32 = 26200;
-}
-
-/// Stable-ABI LTSC releases, ascending (containerd/platforms `compatLTSCReleases`).
-pub const COMPAT_LTSC_RELEASES: [u32; 2] = [build::LTSC2022, build::LTSC2025];
-
-/// Names that mirror filters may use for a build; the first name of a build is its canonical one.
-/// Matching is ASCII case-insensitive. Ambiguous names ("21H2" is 19044, 20348 and 22000) are left out.
-pub const NAMED_BUILDS: &[(&str, u32)] = &[
-    ("ltsc2016", build::LTSC2016),
-    ("1607", build::LTSC2016),
-    ("ltsc2019", build::LTSC2019),
-    ("1809", build::LTSC2019),
-    ("1903", build::V1903),
-    ("1909", build::V1909),
-    ("2004", build::V2004),
-    ("20h2", build::V20H2),
-    ("ltsc2022", build::LTSC2022),
-    ("win11-21h2", build::WIN11_21H2),
-    ("win11-22h2", build::WIN11_22H2),
-    ("23h2", build::V23H2),
-    ("ltsc2025", build::LTSC2025),
-    ("win11-24h2", build::LTSC2025),
-    ("win11-25h2", build::WIN11_25H2),
-];
-
-// === Errors ===
-
-/// Why a platform specifier or a Windows version string was rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlatformError {
-    /// Not of the form `os/arch[/variant][:os.version]`.
-    Specifier {
-        /// The rejected input.
-        input: String,
-        /// What was wrong with it.
-        reason: &'static str,
-    },
-    /// An `os.version` whose first three dot-separated components are not numbers in range.
-    WindowsVersion {
-        /// The rejected input.
-        input: String,
-        /// What was wrong with it.
-        reason: &'static str,
-    },
-}
-
-impl fmt::Display for PlatformError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Specifier { input, reason } => write!(f, "invalid platform {input:?}: {reason}"),
-            Self::WindowsVersion { input, reason } => {
-                write!(f, "invalid Windows os.version {input:?}: {reason}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for PlatformError {}
-
-// === Platform ===
-
-/// The `platform` object of an OCI index entry (image-spec `image-index.md`), field for field.
-///
-/// `variant` and `os.version` are `None` when absent; an empty string is treated like `None` by
-/// every rule here, as Go's zero value is. `os.features` is kept byte-exact and in order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Platform {
-    /// CPU architecture, e.g. `amd64`, `arm64` (GOARCH values).
-    pub architecture: String,
-    /// Operating system, e.g. `linux`, `windows` (GOOS values).
-    pub os: String,
-    /// Full OS version, e.g. `10.0.20348.2340` (Windows: major.minor.build.UBR).
-    #[serde(
-        rename = "os.version",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub os_version: Option<String>,
-    /// Mandatory OS features, e.g. `["win32k"]` on MCR Server Core images.
-    #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
-    pub os_features: Vec<String>,
-    /// CPU variant, e.g. `v7` for arm, `v8` for arm64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// A platform with just `os` and `architecture`.
-    pub fn new(os: impl Into<String>, architecture: impl Into<String>) -> Self {
-        Self {
-            os: os.into(),
-            architecture: architecture.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Sets `os.version` (builder style).
-    #[must_use]
-    pub fn with_os_version(mut self, v: impl Into<String>) -> Self {
-        self.os_version = Some(v.into());
-        self
-    }
-
-    /// Sets `variant` (builder style).
-    #[must_use]
-    pub fn with_variant(mut self, v: impl Into<String>) -> Self {
-        self.variant = Some(v.into());
-        self
-    }
-
-    /// Sets `os.features` (builder style).
-    #[must_use]
-    pub fn with_features<S: Into<String>>(mut self, f: impl IntoIterator<Item = S>) -> Self {
-        self.os_features = f.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// The variant, with `Some("")` read as absent.
-    pub fn variant_str(&self) -> &str {
-        self.variant.as_deref().unwrap_or("")
-    }
-
-    /// The os.version, with `Some("")` read as absent.
-    pub fn os_version_str(&self) -> &str {
-        self.os_version.as_deref().unwrap_or("")
-    }
-
-    /// True when `os` is `windows` (ASCII case-insensitive, as moby's `strings.EqualFold`).
-    pub fn is_windows(&self) -> bool {
-        self.os.eq_ignore_ascii_case("windows")
-    }
-
-    /// The parsed Windows version, if `os.version` has three numeric components.
-    pub fn windows_version(&self) -> Option<WindowsVersion> {
-        self.os_version.as_deref().and_then(|v| v.parse().ok())
-    }
-
-    /// containerd's `Normalize` (`platforms.go`, `database.go`): lowercases `os`, maps `macos` to
-    /// `darwin`, normalises architecture and variant ([`normalize_arch`]) and sorts and dedups
-    /// `os.features`. `os.version` is untouched. An empty `os` stays empty here; the matchers
-    /// substitute the host's OS for it, as containerd substitutes `runtime.GOOS`.
-    #[must_use]
-    pub fn normalized(&self) -> Self {
-        let mut os = self.os.to_ascii_lowercase();
-        if os == "macos" {
-            os = "darwin".to_owned();
-        }
-        let (architecture, variant) = normalize_arch(&self.architecture, self.variant_str());
-        let mut os_features = self.os_features.clone();
-        os_features.sort();
-        os_features.dedup();
-        Self {
-            architecture,
-            os,
-            os_version: self.os_version.clone().filter(|v| !v.is_empty()),
-            os_features,
-            variant: (!variant.is_empty()).then_some(variant),
-        }
-    }
-}
-
-/// containerd's `normalizeArch` (`database.go`): lowercases both, then `i386`→`386`,
-/// `x86_64`/`x86-64`→`amd64` (variant `v1` dropped), `aarch64`→`arm64` (variant `8`/`v8` dropped,
-/// v8 being the default), `armhf`→`arm/v7`, `armel`→`arm/v6`, and `arm` gets `v7` when no variant
-/// is given (`5`/`6`/`7`/`8` gain a `v`). Other architectures pass through lowercased.
-pub fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
-    let arch = arch.to_ascii_lowercase();
-    let variant = variant.to_ascii_lowercase();
-    match arch.as_str() {
-        "i386" => ("386".into(), String::new()),
-        "x86_64" | "x86-64" | "amd64" => (
-            "amd64".into(),
-            if variant == "v1" {
-                String::new()
-            } else {
-                variant
-            },
-        ),
-        "aarch64" | "arm64" => (
-            "arm64".into(),
-            if variant == "8" || variant == "v8" {
-                String::new()
-            } else {
-                variant
-            },
-        ),
-        "armhf" => ("arm".into(), "v7".into()),
-        "armel" => ("arm".into(), "v6".into()),
-        "arm" => {
-            let v = match variant.as_str() {
-                "" | "7" => "v7".to_owned(),
-                "5" | "6" | "8" => format!("v{variant}"),
-                _ => variant,
-            };
-            ("arm".into(), v)
-        }
-        _ => (arch, variant),
-    }
-}
-
-/// Characters containerd allows in a specifier component (`specifierRe`).
-fn valid_component(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
-impl FromStr for Platform {
-    type Err = PlatformError;
-
-    /// Parses `os/arch[/variant][:os.version]`, e.g. `windows/amd64:10.0.20348.2340` or
-    /// `linux/arm64/v8`. The parts are kept as written (call [`Platform::normalized`] to compare);
-    /// containerd's own `Parse` uses `windows(10.0.20348)/amd64` instead of the `:` suffix.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| PlatformError::Specifier {
-            input: s.to_owned(),
-            reason,
-        };
-        let (spec, version) = match s.split_once(':') {
-            Some((spec, v)) if valid_component(v) => (spec, Some(v.to_owned())),
-            Some(_) => {
-                return Err(err(
-                    "os.version after ':' is empty or has invalid characters",
-                ))
-            }
-            None => (s, None),
-        };
-        let parts: Vec<&str> = spec.split('/').collect();
-        if parts.len() < 2 || parts.len() > 3 {
-            return Err(err("expected os/arch[/variant]"));
-        }
-        if !parts.iter().all(|p| valid_component(p)) {
-            return Err(err(
-                "a component is empty or has characters outside [A-Za-z0-9_.-]",
-            ));
-        }
-        Ok(Self {
-            architecture: parts[1].to_owned(),
-            os: parts[0].to_owned(),
-            os_version: version,
-            os_features: Vec::new(),
-            variant: parts.get(2).map(|v| (*v).to_owned()),
-        })
-    }
-}
-
-impl fmt::Display for Platform {
-    /// `os/arch[/variant][:os.version]`; `os.features` are not part of this form.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if !self.variant_str().is_empty() {
-            write!(f, "/{}", self.variant_str())?;
-        }
-        if !self.os_version_str().is_empty() {
-            write!(f, ":{}", self.os_version_str())?;
-        }
-        Ok(())
-    }
-}
-
-// === WindowsVersion ===
-
-/// A Windows `os.version`: `major.minor.build[.ubr]`, e.g. `10.0.20348.2340`.
-///
-/// Parsing follows containerd's `getWindowsOSVersion`: the first three dot-separated components
-/// must be unsigned decimal numbers that fit containerd's widths (major and minor <= 255, build <=
-/// 65535); fewer than three components is an error. The fourth component (UBR, the monthly patch
-/// revision) is optional and, if it is not a number, is read as absent rather than rejected.
-/// Anything after it is ignored. The derived order compares numerically, UBR last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct WindowsVersion {
-    /// Major version, 10 for every container-capable Windows.
-    pub major: u32,
-    /// Minor version, 0 for every container-capable Windows.
-    pub minor: u32,
-    /// Build: changes with each release (14393, 17763, 20348, 26100, ...).
-    pub build: u32,
-    /// Update build revision: changes with monthly patches.
-    pub ubr: Option<u32>,
-}
-
-impl WindowsVersion {
-    /// `10.0.<build>` with no UBR.
-    pub const fn ten(build: u32) -> Self {
-        Self {
-            major: 10,
-            minor: 0,
-            build,
-            ubr: None,
-        }
-    }
-
-    /// The build for a name in [`NAMED_BUILDS`] (`ltsc2022` → 20348), case-insensitive.
-    pub fn build_for_name(name: &str) -> Option<u32> {
-        NAMED_BUILDS
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, b)| *b)
-    }
-
-    /// The canonical name of a build (20348 → `ltsc2022`), if it has one.
-    pub fn name_for_build(build: u32) -> Option<&'static str> {
-        NAMED_BUILDS
-            .iter()
-            .find(|(_, b)| *b == build)
-            .map(|(n, _)| *n)
-    }
-
-    /// `major.minor.build`, the prefix moby matches (it appends a `.`).
-    pub fn build_prefix(&self) -> String {
-        format!("{}.{}.{}", self.major, self.minor, self.build)
-    }
-}
-
-/// Parses one component with Go `strconv.ParseUint(s, 10, bits)` semantics: digits only (no sign,
-/// no spaces), value <= `max`.
-fn parse_component(s: &str, max: u32) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse::<u32>().ok().filter(|n| *n <= max)
-}
-
-impl FromStr for WindowsVersion {
-    type Err = PlatformError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| PlatformError::WindowsVersion {
-            input: s.to_owned(),
-            reason,
-        };
-        let mut parts = s.split('.');
-        let mut next = |max, what| {
-            parts
-                .next()
-                .and_then(|p| parse_component(p, max))
-                .ok_or(what)
-        };
-        let major = next(255, "major is not a number in 0..=255").map_err(err)?;
-        let minor = next(255, "minor is not a number in 0..=255").map_err(err)?;
-        let build = next(65535, "build is not a number in 0..=65535").map_err(err)?;
-        let ubr = parts.next().and_then(|p| parse_component(p, u32::MAX));
-        Ok(Self {
-            major,
-            minor,
-            build,
-            ubr,
-        })
-    }
-}
-
-impl TryFrom<String> for WindowsVersion {
-    type Error = PlatformError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<WindowsVersion> for String {
-    fn from(v: WindowsVersion) -> Self {
-        v.to_string()
-    }
-}
-
-impl fmt::Display for WindowsVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.build)?;
-        match self.ubr {
-            Some(ubr) => write!(f, ".{ubr}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The oldest image build a host at `host_build` (>= 20348) runs under process isolation.
-///
-/// This is containerd/platforms#34 ("largest LTSC <= host, then step one back"): every host from
-/// LTSC N up to LTSC N+1 runs images from LTSC N-1 up to its own build, so 20348, 22621, 25398,
-/// 26100 and 26200 all get 20348. It is implemented rather than the code before it ("newest LTSC
-/// strictly below the host") because that version gives a 26200 host the floor 26100 and drops
-/// WS2022 images, contradicting Microsoft's stable-ABI policy; #34 ships in platforms v1.0.0-rc.5.
-/// Clients still on older platforms (and hcsshim's `CheckHostAndContainerCompat`) differ only for
-/// hosts above 26100.
-pub fn ltsc_floor(host_build: u32) -> u32 {
-    match COMPAT_LTSC_RELEASES
-        .iter()
-        .rposition(|ltsc| host_build >= *ltsc)
-    {
-        Some(i) if i > 0 => COMPAT_LTSC_RELEASES[i - 1],
-        _ => COMPAT_LTSC_RELEASES[0],
-    }
-}
+use super::windows::{build, ltsc_floor, WindowsVersion};
+use super::Platform;
 
 /// containerd's `checkWindowsHostAndContainerCompat` with the #34 floor: `Ok` with why it matches,
 /// `Err` with why not. Does not look at UBR.
@@ -1160,9 +718,9 @@ fn ubr_note(
         newer.0.platform.os_version_str()
     ))
 }
-
 #[cfg(test)]
 mod tests {
+    use super::super::tests::plat;
     use super::*;
 
     // Sources named by the table rows.
@@ -1217,13 +775,6 @@ mod tests {
             run,
             source,
         }
-    }
-
-    fn plat(spec: &str) -> Platform {
-        let mut parts = spec.split('+');
-        let mut p: Platform = parts.next().unwrap().parse().unwrap();
-        p.os_features = parts.map(str::to_owned).collect();
-        p
     }
 
     fn cands(images: &[&str]) -> Vec<Candidate> {
@@ -1463,22 +1014,6 @@ mod tests {
         );
         assert!(!res.notes.is_empty());
     }
-
-    #[test]
-    fn ltsc_floor_is_platforms_34() {
-        for (host, floor) in [
-            (20348, 20348),
-            (22000, 20348),
-            (22621, 20348),
-            (25398, 20348),
-            (26100, 20348),
-            (26200, 20348),
-            (30000, 20348),
-        ] {
-            assert_eq!(ltsc_floor(host), floor, "host {host}");
-        }
-    }
-
     #[test]
     fn runnable_rules() {
         let h = |v: &str, iso| Host {
@@ -1503,66 +1038,6 @@ mod tests {
         assert_eq!(r(&h("linux/arm64", P), "linux/arm/v7"), R);
         assert_eq!(r(&h("linux/arm64", P), "windows/arm64:10.0.26100.1"), N);
     }
-
-    #[test]
-    fn platform_parse_and_display() {
-        let p: Platform = "windows/amd64:10.0.20348.2340".parse().unwrap();
-        assert_eq!(
-            p,
-            Platform::new("windows", "amd64").with_os_version("10.0.20348.2340")
-        );
-        assert_eq!(p.to_string(), "windows/amd64:10.0.20348.2340");
-        let p: Platform = "linux/arm64/v8".parse().unwrap();
-        assert_eq!(p.variant.as_deref(), Some("v8"));
-        assert_eq!(p.to_string(), "linux/arm64/v8");
-        assert_eq!(p.normalized().variant, None);
-        let p: Platform = "windows/arm64/v8:10.0.26100.1".parse().unwrap();
-        assert_eq!(
-            (p.variant_str(), p.os_version_str()),
-            ("v8", "10.0.26100.1")
-        );
-        for bad in [
-            "",
-            "linux",
-            "linux/",
-            "/amd64",
-            "linux/amd64/v8/x",
-            "linux/amd64:",
-            "linux/am d64",
-            "linux/amd64:10 0",
-            "linux//v7",
-        ] {
-            assert!(bad.parse::<Platform>().is_err(), "{bad:?} should not parse");
-        }
-        let e = "linux".parse::<Platform>().unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "invalid platform \"linux\": expected os/arch[/variant]"
-        );
-    }
-
-    #[test]
-    fn normalization_matches_containerd() {
-        let n = |s: &str| plat(s).normalized().to_string();
-        assert_eq!(n("linux/x86_64"), "linux/amd64");
-        assert_eq!(n("linux/x86-64/v1"), "linux/amd64");
-        assert_eq!(n("linux/amd64/v3"), "linux/amd64/v3");
-        assert_eq!(n("linux/aarch64"), "linux/arm64");
-        assert_eq!(n("linux/aarch64/8"), "linux/arm64");
-        assert_eq!(n("linux/arm64/v8"), "linux/arm64");
-        assert_eq!(n("linux/arm64/v8.2"), "linux/arm64/v8.2");
-        assert_eq!(n("linux/armhf"), "linux/arm/v7");
-        assert_eq!(n("linux/armel"), "linux/arm/v6");
-        assert_eq!(n("linux/arm"), "linux/arm/v7");
-        assert_eq!(n("linux/arm/6"), "linux/arm/v6");
-        assert_eq!(n("linux/i386"), "linux/386");
-        assert_eq!(n("Linux/AMD64"), "linux/amd64");
-        assert_eq!(n("macos/arm64"), "darwin/arm64");
-        assert_eq!(n("linux/ppc64le"), "linux/ppc64le");
-        let p = plat("windows/amd64:10.0.20348.1+win32k+b+win32k").normalized();
-        assert_eq!(p.os_features, ["b", "win32k"]);
-    }
-
     #[test]
     fn platform_vectors() {
         let v = |s: &str| {
@@ -1606,53 +1081,9 @@ mod tests {
             ]
         );
     }
-
     #[test]
-    fn windows_version_parse() {
-        let v: WindowsVersion = "10.0.20348.2340".parse().unwrap();
-        assert_eq!(
-            v,
-            WindowsVersion {
-                major: 10,
-                minor: 0,
-                build: 20348,
-                ubr: Some(2340)
-            }
-        );
-        assert_eq!(v.to_string(), "10.0.20348.2340");
-        assert_eq!(
-            "10.0.20348".parse::<WindowsVersion>().unwrap(),
-            WindowsVersion::ten(20348)
-        );
-        assert_eq!(
-            "10.0.20348.abc".parse::<WindowsVersion>().unwrap().ubr,
-            None
-        );
-        assert_eq!(
-            "10.0.20348.5.9".parse::<WindowsVersion>().unwrap().ubr,
-            Some(5)
-        );
-        for bad in [
-            "",
-            "10",
-            "10.0",
-            "10.0.",
-            "10.0.x",
-            "10.0.70000",
-            "+10.0.20348",
-            "10.0.-1",
-            "256.0.1",
-            " 10.0.1",
-        ] {
-            assert!(
-                bad.parse::<WindowsVersion>().is_err(),
-                "{bad:?} should not parse"
-            );
-        }
-        // Numeric order, unlike containerd's string order.
-        let a: WindowsVersion = "10.0.20348.999".parse().unwrap();
-        let b: WindowsVersion = "10.0.20348.1000".parse().unwrap();
-        assert!(a < b);
+    fn containerd_orders_versions_as_strings() {
+        // Numeric order for WindowsVersion, string order for containerd (platforms#25).
         assert_eq!(
             containerd_windows_cmp(
                 &plat("windows/amd64:10.0.20348.999"),
@@ -1663,34 +1094,7 @@ mod tests {
     }
 
     #[test]
-    fn named_builds() {
-        assert_eq!(WindowsVersion::build_for_name("LTSC2022"), Some(20348));
-        assert_eq!(WindowsVersion::build_for_name("ltsc2016"), Some(14393));
-        assert_eq!(WindowsVersion::build_for_name("ltsc2019"), Some(17763));
-        assert_eq!(WindowsVersion::build_for_name("2004"), Some(19041));
-        assert_eq!(WindowsVersion::build_for_name("win11-22h2"), Some(22621));
-        assert_eq!(WindowsVersion::build_for_name("23H2"), Some(25398));
-        assert_eq!(WindowsVersion::build_for_name("ltsc2025"), Some(26100));
-        assert_eq!(WindowsVersion::build_for_name("21h2"), None);
-        assert_eq!(WindowsVersion::name_for_build(26100), Some("ltsc2025"));
-        assert_eq!(WindowsVersion::name_for_build(17763), Some("ltsc2019"));
-    }
-
-    #[test]
     fn serde_uses_oci_names() {
-        let json = r#"{"architecture":"amd64","os":"windows","os.version":"10.0.17763.5458","os.features":["win32k"]}"#;
-        let p: Platform = serde_json::from_str(json).unwrap();
-        assert_eq!(p.os_version.as_deref(), Some("10.0.17763.5458"));
-        assert_eq!(p.os_features, ["win32k"]);
-        assert_eq!(p.variant, None);
-        assert_eq!(serde_json::to_string(&p).unwrap(), json);
-        let p: Platform =
-            serde_json::from_str(r#"{"architecture":"arm64","os":"linux","variant":"v8"}"#)
-                .unwrap();
-        assert_eq!(p.to_string(), "linux/arm64/v8");
-        let v: WindowsVersion = serde_json::from_str(r#""10.0.26100.3000""#).unwrap();
-        assert_eq!(serde_json::to_string(&v).unwrap(), r#""10.0.26100.3000""#);
-        assert!(serde_json::from_str::<WindowsVersion>(r#""10.0""#).is_err());
         let host = Host {
             platform: plat(W20),
             isolation: V,
