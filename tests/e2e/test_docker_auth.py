@@ -16,6 +16,7 @@ import pytest
 import requests
 
 import authkit as ak
+from conftest import require_busybox, require_docker
 
 CERTS_D = "/etc/docker/certs.d"
 
@@ -67,21 +68,15 @@ class Docker:
 
 @pytest.fixture
 def docker(tmp_path):
-    if shutil.which("docker") is None:
-        pytest.fail("docker CLI not found: run tests/setup.sh")
+    require_docker()
     d = Docker(tmp_path / "docker-config")
-    p = d.run("info", check=False, timeout=60)
-    if p.returncode != 0:
-        pytest.fail(f"docker daemon not reachable: run tests/setup.sh first\n{p.stderr}")
     yield d
     d.cleanup()
 
 
 def make_image(docker, tmp_path, tag):
     """A one-layer busybox image with a unique id file, imported as `tag`. Returns the id text."""
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(busybox):
-        pytest.fail("busybox not found: run tests/setup.sh (installs busybox-static)")
+    busybox = require_busybox()
     uid = uuid.uuid4().hex
     root = tmp_path / f"rootfs-{uid[:8]}"
     (root / "bin").mkdir(parents=True)

@@ -164,9 +164,7 @@ def test_servercore_like_list_via_api_and_inspect(reg, c, fmt):
     assert "finding:" not in out
 
 
-def test_servercore_like_skopeo_copy_all_is_byte_identical(reg, c, tmp_path):
-    skopeo = shutil.which("skopeo")
-    assert skopeo, "skopeo not found: run tests/setup.sh"
+def test_servercore_like_skopeo_copy_all_is_byte_identical(reg, c, tmp_path, skopeo):
     imgs = wi.servercore_like("oci")
     lay = wi.OCILayout(tmp_path / "layout")
     body, dgst = lay.add_index("ltsc", imgs, fmt="oci")
@@ -190,16 +188,6 @@ def test_servercore_like_skopeo_copy_all_is_byte_identical(reg, c, tmp_path):
 
 
 # ---------------------------------------------------------------- 2. docker manifest
-
-@pytest.fixture
-def docker_ok():
-    assert shutil.which("docker"), "docker CLI not found: run tests/setup.sh"
-    p = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, f"docker daemon not reachable: run tests/setup.sh\n{p.stderr}"
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    assert os.path.exists(busybox), "busybox-static not installed"
-    return busybox
-
 
 def test_docker_manifest_mixed_linux_windows_list(reg, c, tmp_path, docker_ok):
     uid = uuid.uuid4().hex[:10]
@@ -619,10 +607,8 @@ def test_sparse_index(policy, pc, c):
         assert cl.get(f"/v2/{repo}/manifests/ltsc", headers={"Accept": OCI_INDEX}).status_code == 404
 
 
-def test_sparse_index_from_skopeo_index_only(reg, policy, tmp_path):
+def test_sparse_index_from_skopeo_index_only(reg, policy, tmp_path, skopeo):
     """`skopeo copy --multi-arch index-only` pushes the index without its children: a sparse index."""
-    skopeo = shutil.which("skopeo")
-    assert skopeo, "skopeo not found: run tests/setup.sh"
     imgs = wi.servercore_like("oci")
     lay = wi.OCILayout(tmp_path / "layout")
     body, dgst = lay.add_index("ltsc", imgs, fmt="oci")

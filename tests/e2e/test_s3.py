@@ -20,7 +20,7 @@ import requests
 import conftest
 from conftest import BERTH_BIN
 from helpers import Client, assert_error, digest, uniq
-from test_docker import build_image, docker_ok, image_id, image_layers, images, push, push_digest, run  # noqa: F401
+from test_docker import build_image, image_id, image_layers, images, push, push_digest, run  # noqa: F401
 
 MIB = 1 << 20
 PART = 5 * MIB

@@ -22,7 +22,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import BERTH_BIN, Berth
+from conftest import BERTH_BIN, Berth, require_busybox
 from authkit import auth_config, add_user, create_robot, get_token, bearer
 from helpers import Client, canon, digest, OCI_MANIFEST, OCI_CONFIG, OCI_INDEX
 
@@ -30,7 +30,6 @@ VERIFIER_BIN = str(pathlib.Path(BERTH_BIN).with_name("berth-verifier"))
 ARTIFACT_TYPE = "application/vnd.berth.verification.v1+json"
 RESULT_MEDIA = "application/vnd.berth.verification.result.v1+json"
 OCI_LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
-BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 LEASE = 6
 
@@ -95,7 +94,7 @@ def busybox_layer():
 
         for x in ("bin", "etc", "tmp", "proc", "sys", "dev"):
             d(x, 0o1777 if x == "tmp" else 0o755)
-        f("bin/busybox", pathlib.Path(BUSYBOX).read_bytes(), 0o755)
+        f("bin/busybox", pathlib.Path(require_busybox()).read_bytes(), 0o755)
         for applet in ("sh", "echo", "sleep", "cat", "ls", "true", "false", "id"):
             ti = tarfile.TarInfo(f"bin/{applet}")
             ti.type = tarfile.SYMTYPE

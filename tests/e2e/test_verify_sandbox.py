@@ -27,10 +27,10 @@ import uuid
 
 import pytest
 
-from conftest import Berth
+from conftest import Berth, require_busybox
 from authkit import auth_config, add_user, create_robot
 from helpers import canon, digest, OCI_MANIFEST, OCI_CONFIG
-from test_verify import Verifier, Env, VERIFIER_BIN, BUSYBOX, OCI_LAYER_GZ, one_job
+from test_verify import Verifier, Env, VERIFIER_BIN, OCI_LAYER_GZ, one_job
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runc needs root; CI runs as root")
 
@@ -101,7 +101,7 @@ def base_layer(extra=None):
     def build(t):
         for x in ("bin", "etc", "tmp", "proc", "sys", "dev"):
             add_dir(t, x, 0o1777 if x == "tmp" else 0o755)
-        add_file(t, "bin/busybox", pathlib.Path(BUSYBOX).read_bytes(), 0o755)
+        add_file(t, "bin/busybox", pathlib.Path(require_busybox()).read_bytes(), 0o755)
         for a in APPLETS:
             add_link(t, f"bin/{a}", "busybox")
         add_file(t, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
