@@ -115,7 +115,7 @@ def test_signing_key_jwks_and_token_claims(reg):
     # the token works for what it grants
     c = client(reg, tok)
     img = c.push_image("team/claims", "v1")
-    assert c.get("/v2/team/claims/manifests/v1").content == img.body
+    assert c.get("/v2/team/claims/manifests/v1").content == img.manifest
 
 
 def test_key_survives_restart(tmp_path, berth_factory):
@@ -142,12 +142,12 @@ def test_no_token_is_401_with_challenge(reg):
     assert_unauthorized(r, reg)
     assert_unauthorized(c.get(f"/v2/{repo}/manifests/v1"), reg, repo, "pull")
     assert_unauthorized(c.head(f"/v2/{repo}/manifests/v1"), reg, repo, "pull")
-    cfg = img.obj["config"]["digest"]
+    cfg = img.config_digest
     assert_unauthorized(c.get(f"/v2/{repo}/blobs/{cfg}"), reg, repo, "pull")
     assert_unauthorized(c.get(f"/v2/{repo}/tags/list"), reg, repo, "pull")
     assert_unauthorized(c.get(f"/v2/{repo}/referrers/{img.digest}"), reg, repo, "pull")
     assert_unauthorized(c.post(f"/v2/{repo}/blobs/uploads/"), reg, repo, "push")
-    assert_unauthorized(c.put(f"/v2/{repo}/manifests/v2", data=img.body,
+    assert_unauthorized(c.put(f"/v2/{repo}/manifests/v2", data=img.manifest,
                               headers={"Content-Type": img.media_type}), reg, repo, "push")
     assert_unauthorized(c.delete(f"/v2/{repo}/manifests/{img.digest}"), reg, repo, "delete")
     # nothing changed
@@ -335,10 +335,10 @@ def test_token_for_other_repository_is_denied(reg):
     c = client(reg, tok)
     assert c.get(f"/v2/{mine}/manifests/v1").status_code == 200
     assert_denied(c.get(f"/v2/{other}/manifests/v1"))
-    assert_denied(c.get(f"/v2/{other}/blobs/{img.obj['config']['digest']}"))
+    assert_denied(c.get(f"/v2/{other}/blobs/{img.config_digest}"))
     assert_denied(c.get(f"/v2/{other}/tags/list"))
     assert_denied(c.post(f"/v2/{other}/blobs/uploads/"))
-    assert_denied(c.put(f"/v2/{other}/manifests/v2", data=img.body, headers={"Content-Type": img.media_type}))
+    assert_denied(c.put(f"/v2/{other}/manifests/v2", data=img.manifest, headers={"Content-Type": img.media_type}))
     assert_denied(c.delete(f"/v2/{other}/manifests/{img.digest}"))
     assert admin_client(reg, other).get(f"/v2/{other}/tags/list").json()["tags"] == ["v1"]
 
@@ -374,7 +374,7 @@ def test_blob_of_another_repository_not_readable_by_digest(reg):
     seed_image(reg, mine)
     name, pw = new_user(reg, [(mine, "pull,push")])
     c = client(reg, ak.get_token(reg, [scope(mine)], name, pw))
-    for d in img.blobs:
+    for d in img.blobs():
         assert_error(c.get(f"/v2/{mine}/blobs/{d}"), 404, "BLOB_UNKNOWN")
         assert c.head(f"/v2/{mine}/blobs/{d}").status_code == 404
     assert_error(c.get(f"/v2/{mine}/manifests/{img.digest}"), 404, "MANIFEST_UNKNOWN")
@@ -402,9 +402,9 @@ def test_intersection_of_asked_and_allowed(reg):
     tok = r.json()["token"]
     assert ak.access_of(tok) == {("repository", repo): {"pull"}}, ak.claims(tok)["access"]
     c = client(reg, tok)
-    assert c.get(f"/v2/{repo}/manifests/v1").content == img.body
+    assert c.get(f"/v2/{repo}/manifests/v1").content == img.manifest
     assert_denied(c.post(f"/v2/{repo}/blobs/uploads/"))
-    assert_denied(c.put(f"/v2/{repo}/manifests/v2", data=img.body, headers={"Content-Type": img.media_type}))
+    assert_denied(c.put(f"/v2/{repo}/manifests/v2", data=img.manifest, headers={"Content-Type": img.media_type}))
     # asking for something not allowed at all: 200 with no access, not 401
     r = ak.get_token_response(reg, [scope(uniq("nothing"), "push")], name, pw)
     assert r.status_code == 200, r.text
@@ -474,7 +474,7 @@ def test_post_password_and_refresh_token_grant(reg):
     c = ak.claims(tok)
     assert c["sub"] == name
     assert ak.access_of(tok) == {("repository", repo): {"pull"}}, c["access"]
-    assert client(reg, tok).get(f"/v2/{repo}/manifests/v1").content == img.body
+    assert client(reg, tok).get(f"/v2/{repo}/manifests/v1").content == img.manifest
 
     # token spec: the audience of a refresh grant must match the refresh token's
     r = ak.post_token(reg, grant_type="refresh_token", refresh_token=refresh, service="another-service",
@@ -573,14 +573,14 @@ def test_anonymous_pull_of_public_and_push_refused(reg):
     # no token at all
     r = c.get(f"/v2/{pub}/manifests/v1")
     assert r.status_code == 200, (r.status_code, r.text)
-    assert r.content == img.body
+    assert r.content == img.manifest
     assert c.head(f"/v2/{pub}/manifests/v1").status_code == 200
-    for d, data in img.blobs.items():
+    for d, data in img.blobs().items():
         assert c.get(f"/v2/{pub}/blobs/{d}").content == data
     assert c.get(f"/v2/{pub}/tags/list").json()["tags"] == ["v1"]
     # but not a push or delete, nor a private repository
     assert_unauthorized(c.post(f"/v2/{pub}/blobs/uploads/"), reg, pub, "push")
-    assert_unauthorized(c.put(f"/v2/{pub}/manifests/v2", data=img.body, headers={"Content-Type": img.media_type}),
+    assert_unauthorized(c.put(f"/v2/{pub}/manifests/v2", data=img.manifest, headers={"Content-Type": img.media_type}),
                         reg, pub, "push")
     assert_unauthorized(c.delete(f"/v2/{pub}/manifests/{img.digest}"), reg, pub, "delete")
     assert_unauthorized(c.get(f"/v2/{priv}/manifests/v1"), reg, priv, "pull")
@@ -600,7 +600,7 @@ def test_anonymous_pull_of_public_and_push_refused(reg):
     tok = ak.get_token(reg, [scope(pub, "pull,push")], name, pw)
     assert ak.access_of(tok) == {("repository", pub): {"pull"}}
     cu = client(reg, tok)
-    assert cu.get(f"/v2/{pub}/manifests/v1").content == img.body
+    assert cu.get(f"/v2/{pub}/manifests/v1").content == img.manifest
     assert_denied(cu.post(f"/v2/{pub}/blobs/uploads/"))
 
 
@@ -668,7 +668,7 @@ def test_catalog_lists_only_pullable(berth_factory):
 def test_mount_needs_pull_on_source(reg):
     src = uniq("secret")
     img = seed_image(reg, src)
-    layer = next(d for d in img.blobs if d != img.obj["config"]["digest"])
+    layer = next(d for d in img.blobs() if d != img.config_digest)
     dst, dst_ok = uniq("team"), uniq("team")
     name, pw = new_user(reg, [(dst, "pull,push"), (dst_ok, "pull,push")])
     tok = ak.get_token(reg, [scope(dst), scope(src, "pull")], name, pw)
@@ -679,7 +679,7 @@ def test_mount_needs_pull_on_source(reg):
     assert r.headers.get("Location"), r.headers
     assert c.head(f"/v2/{dst}/blobs/{layer}").status_code == 404
     # the fallback upload is a working upload
-    r2 = c.put_upload(r.headers["Location"], layer, img.blobs[layer])
+    r2 = c.put_upload(r.headers["Location"], layer, img.blobs()[layer])
     assert r2.status_code == 201, r2.text
 
     # control: with pull on the source, the mount happens (201)
@@ -688,7 +688,7 @@ def test_mount_needs_pull_on_source(reg):
     c = client(reg, tok)
     r = c.post(f"/v2/{dst_ok}/blobs/uploads/", params={"mount": layer, "from": src})
     assert r.status_code == 201, (r.status_code, r.text)
-    assert c.get(f"/v2/{dst_ok}/blobs/{layer}").content == img.blobs[layer]
+    assert c.get(f"/v2/{dst_ok}/blobs/{layer}").content == img.blobs()[layer]
 
 
 # ---------------------------------------------------------------- robots
@@ -709,7 +709,7 @@ def test_robot_create_push_and_denied_elsewhere(reg):
     assert ak.access_of(tok) == {("repository", team_repo): {"pull", "push"}}
     c = client(reg, tok)
     img = c.push_image(team_repo, "v1")
-    assert c.get(f"/v2/{team_repo}/manifests/v1").content == img.body
+    assert c.get(f"/v2/{team_repo}/manifests/v1").content == img.manifest
 
     tok = ak.get_token(reg, [scope(other_repo)], robot.username, robot.secret)
     assert ak.access_of(tok) == {}
@@ -986,9 +986,9 @@ def test_trusted_external_issuers(berth_factory, tmp_path):
 
     # accepted: JWKS-trusted ES256 and PEM-trusted RS256
     good = ext("corp-token-server", corp_key, "corp-1")
-    assert client(b, good).get(f"/v2/{repo}/manifests/v1").content == img.body
+    assert client(b, good).get(f"/v2/{repo}/manifests/v1").content == img.manifest
     good_rsa = ext("rsa-token-server", rsa_key, "whatever", alg="RS256")
-    assert client(b, good_rsa).get(f"/v2/{repo}/manifests/v1").content == img.body
+    assert client(b, good_rsa).get(f"/v2/{repo}/manifests/v1").content == img.manifest
     # only what the token grants
     assert_denied(client(b, good).post(f"/v2/{repo}/blobs/uploads/"))
     # refused: another key with the trusted kid, a trusted key under another issuer name, berth's own

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import BERTH_BIN, Berth
-from helpers import Client, uniq
+from helpers import Client, Layer, uniq
 import winimages as wi
 from winimages import ALL_MANIFEST_TYPES, sha256
 
@@ -412,14 +412,10 @@ def test_mirror_run_waits_out_an_upstream_rate_limit(fake, berth_factory):
 
 @pytest.mark.fs_only  # the in-process CLI run uses the filesystem backend; S3 sessions resume per part
 def test_interrupted_run_resumes_where_it_stopped(fake, tmp_path):
-    big = wi.Layer(os.urandom(48 << 20), wi.OCI_LAYER)
-    big.blob = big.raw            # incompressible bytes: store them as they are
-    big.digest = sha256(big.blob)
+    big = Layer(os.urandom(48 << 20), wi.OCI_LAYER)   # incompressible bytes: stored as they are
     img = wi.linux_image("amd64", fmt="oci", layers=1)
     img.layers.append(big)
-    img.manifest_obj["layers"].append(big.descriptor())
-    img.manifest = wi.gojson(img.manifest_obj)
-    img.digest = sha256(img.manifest)
+    img.rebuild()
     fake.put_image("big/img", img, tag="1")
     fake.rate = 16 << 20
     data = tmp_path / "data"

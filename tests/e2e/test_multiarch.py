@@ -280,7 +280,7 @@ def lying_list(fmt="docker"):
 def push_children(client, repo, imgs):
     for im in imgs:
         wi.push_image(client, repo, im)
-    return wi.index_body([im.entry() for im in imgs], imgs[0].fmt)
+    return wi.index_body([im.entry() for im in imgs], wi.fmt_of(imgs[0]))
 
 
 def test_platform_lie_rejected(pc):
@@ -522,7 +522,7 @@ def test_urls_on_a_distributable_layer_do_not_exempt_it(c):
         img = wi.windows_image("10.0.20348.2527", fmt=fmt)
         base = img.layers[0]
         base.urls = mcr(base.digest)
-        img = wi.Image(img.platform, img.config_obj, img.layers, fmt)
+        img.rebuild()
         assert "urls" in img.manifest_obj["layers"][0]
         for d, b in img.blobs().items():
             if d != base.digest:

@@ -263,8 +263,8 @@ def push_baseline(cl, repo, n_layers=2):
     blobs, mans = {}, []
     img = cl.push_image(repo, tag="v1", layers=n_layers,
                         layer_data=[rand_bytes(300_000 + i) for i in range(n_layers)])
-    blobs.update(img.blobs)
-    mans.append((repo, "v1", img.digest, img.body, OCI_MANIFEST))
+    blobs.update(img.blobs())
+    mans.append((repo, "v1", img.digest, img.manifest, OCI_MANIFEST))
     idx = canon({"schemaVersion": 2, "mediaType": OCI_INDEX,
                  "manifests": [img.descriptor(platform={"os": "linux", "architecture": "amd64"})]})
     _, idx_d = cl.push_manifest(repo, "idx", idx, OCI_INDEX)
@@ -442,8 +442,8 @@ def test_full_disk_blob_pushes_answer_507_and_recover(tmpfs, berth_factory):
     assert r.status_code == 201, r.text
     pushed[digest(data)] = data
     img = cl.push_image(repo, tag="after", layers=1)
-    verify_committed(cl, repo, {**blobs, **pushed, **img.blobs},
-                     mans + [(repo, "after", img.digest, img.body, OCI_MANIFEST)])
+    verify_committed(cl, repo, {**blobs, **pushed, **img.blobs()},
+                     mans + [(repo, "after", img.digest, img.manifest, OCI_MANIFEST)])
     check_blob_files(b.data_dir)
     b.stop()
 
@@ -509,7 +509,7 @@ def test_full_disk_manifest_put_hits_sqlite(tmpfs, berth_factory):
     tags = set(cl.get(f"/v2/{repo}/tags/list").json()["tags"])
     assert {t for _, t, _, _, _ in acked} | {"v1", "idx"} <= tags
     img2 = cl.push_image(repo, tag="after", layers=1)
-    verify_committed(cl, repo, img2.blobs, [(repo, "after", img2.digest, img2.body, OCI_MANIFEST)])
+    verify_committed(cl, repo, img2.blobs(), [(repo, "after", img2.digest, img2.manifest, OCI_MANIFEST)])
     check_blob_files(b.data_dir)
     b.stop()
 
@@ -802,8 +802,8 @@ def test_pipelined_requests(berth):
     cl = Client(berth.url)
     repo = uniq("pipe")
     img = cl.push_image(repo, tag="v1", layers=1)
-    layer_d = img.obj["layers"][0]["digest"]
-    layer = img.blobs[layer_d]
+    layer_d = img.manifest_obj["layers"][0]["digest"]
+    layer = img.blobs()[layer_d]
     chunk = rand_bytes(333)
     loc = path_of(cl.start_upload(repo))
     reqs = [
@@ -851,7 +851,7 @@ def test_pipelined_requests(berth):
         finally:
             s.close()
     assert rounds < len(reqs), f"the server closed after almost every request ({rounds} connections)"
-    assert got[2].body == img.body
+    assert got[2].body == img.manifest
     assert got[5].body == layer
     assert got[10].body == chunk
     assert_alive(berth)
@@ -877,7 +877,7 @@ def test_many_idle_connections(berth):
         for _ in range(5):
             r = requests.get(f"{berth.url}/v2/{repo}/manifests/v1", timeout=10,
                              headers={"Accept": OCI_MANIFEST})
-            assert r.status_code == 200 and r.content == img.body
+            assert r.status_code == 200 and r.content == img.manifest
         assert time.time() - t0 < 5, "requests stalled behind 200 idle connections"
         assert cl.push_blob(repo, rand_bytes(1000))
     finally:
@@ -886,7 +886,7 @@ def test_many_idle_connections(berth):
     time.sleep(0.3)
     assert_alive(berth)
     r = cl.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
-    assert r.status_code == 200 and r.content == img.body
+    assert r.status_code == 200 and r.content == img.manifest
     # and another 200 connections can be opened and used after the first ones went away
     ok = 0
     socks = [connect(berth.addr) for _ in range(200)]
@@ -931,7 +931,7 @@ def test_path_traversal_in_names(berth, tmp_path, method, path):
     body = rand_bytes(64)
     path = path.replace("DIGEST", digest(body))
     if method == "PUT" and "manifests" in path:
-        body = img.body
+        body = img.manifest
     outside_before = sorted(str(p) for p in tmp_path.rglob("*") if berth.data_dir not in p.parents
                             and p != berth.data_dir)
     data_before = {str(p): p.stat().st_size for p in berth.data_dir.rglob("*") if p.is_file()}
@@ -952,7 +952,7 @@ def test_path_traversal_in_names(berth, tmp_path, method, path):
     assert not new, f"{method} {path} created files: {new}"
     assert_alive(berth)
     r = cl.get("/v2/a/manifests/v1", headers={"Accept": OCI_MANIFEST})
-    assert r.status_code == 200 and r.content == img.body
+    assert r.status_code == 200 and r.content == img.manifest
     cat = cl.get("/v2/_catalog").json()["repositories"]
     assert cat == ["a"], f"{method} {path} created repositories: {cat}"
 
@@ -1010,7 +1010,7 @@ def test_sigterm_while_upload_streams(berth_factory):
     st = cl.get(loc)
     assert st.status_code in (204, 404), st.status_code
     img = cl.push_image(repo, tag="after", layers=1)
-    verify_committed(cl, repo, img.blobs, [(repo, "after", img.digest, img.body, OCI_MANIFEST)])
+    verify_committed(cl, repo, img.blobs(), [(repo, "after", img.digest, img.manifest, OCI_MANIFEST)])
 
 
 def test_sigterm_idle_exits_cleanly(berth_factory):
@@ -1059,7 +1059,7 @@ def test_json_logs_and_single_stdout_line(tmp_path):
         s = connect(addr)
         s.sendall(b"GARBAGE\r\n\r\n")
         s.close()
-        assert cl.get(f"/v2/{repo}/manifests/v1").content == img.body
+        assert cl.get(f"/v2/{repo}/manifests/v1").content == img.manifest
     finally:
         p.send_signal(signal.SIGTERM)
         try:

@@ -448,7 +448,7 @@ def test_kill9_keeps_every_acknowledged_blob_and_manifest(berth_factory, endpoin
     big = os.urandom(2 * PART + 3)
     blobs[chunked_push(c, repo, big, MIB)] = big
     img = c.push_image(repo, tag="v1", layers=2)
-    blobs.update(img.blobs)
+    blobs.update(img.blobs())
     b.kill9()
     b.restart()
     c = Client(b.url)
@@ -456,7 +456,7 @@ def test_kill9_keeps_every_acknowledged_blob_and_manifest(berth_factory, endpoin
         fetch(f"{b.url}/v2/{repo}/blobs/{d}", d, data)
     r = c.get(f"/v2/{repo}/manifests/v1", headers={"Accept": img.media_type})
     assert r.status_code == 200
-    assert r.content == img.body
+    assert r.content == img.manifest
     assert r.headers["Docker-Content-Digest"] == img.digest
     assert pending(s3, bucket) == []
 
