@@ -9,6 +9,7 @@ import os
 import pathlib
 import re
 import socket
+import time
 import uuid
 from urllib.parse import urljoin, urlsplit
 
@@ -36,6 +37,34 @@ SPEC_CODES = {
     "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
     "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
 }
+
+
+# ---------------------------------------------------------------- waiting
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    """Polls predicate() until it returns something truthy, and returns that; after `timeout` seconds
+    fails the test naming `what` it waited for (a string, or a function called then for one that
+    reports the state) and the last value seen, when there was one.
+
+    The tests wait on a condition they can observe (a file gone, a log line, a state), never for a
+    fixed time: fast when the condition comes early, a clear message when it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            last = "" if got is None or got is False else f" (last: {got!r})"
+            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}{last}")
+        time.sleep(interval)
+
+
+def wait_for_log(berth, text, timeout=10, after=0):
+    """Waits until berth's stderr (drained by a thread into berth.log) has a line containing `text`
+    among the lines from index `after` on; returns that line."""
+    def find():
+        return next((l for l in berth.log[after:] if text in l), None)
+    return wait_for(find, timeout, f"berth to log {text!r}")
 
 
 # ---------------------------------------------------------------- digests and names

@@ -7,7 +7,7 @@ import pytest
 from conftest import BACKEND
 from helpers import (  # noqa: F401  (shared, c are fixtures)
     Client, assert_error, assert_spec_error_body, c, canon, digest, files_under, loc_path, rand_bytes,
-    range_end, raw_http, shared, uniq, upload_uuid_from, with_fs_files,
+    range_end, raw_http, shared, uniq, upload_uuid_from, wait_for, with_fs_files,
 )
 
 
@@ -209,7 +209,9 @@ def test_refused_chunk_is_read_before_the_answer(c, shared, method):
     s = socket.create_connection((host, int(port)), timeout=20)
     try:
         s.sendall(head)
-        time.sleep(0.3)  # the server answers the headers before the body arrives
+        # Not a wait: the pause is the case under test. The server sees the headers alone first, and
+        # must not answer (and close) before it has read the body that follows.
+        time.sleep(0.3)
         for i in range(0, len(body), 1 << 16):
             s.sendall(body[i:i + (1 << 16)])
         resp = b""
@@ -569,10 +571,7 @@ def test_connection_dropped_mid_monolithic_post(berth, fs_files):
     assert_error(c.get_blob(name, d), 404, "BLOB_UNKNOWN")
     if fs_files:
         assert files_under(berth.data_dir / "blobs") == []
-        deadline = time.time() + 5
-        while upload_files(berth) and time.time() < deadline:
-            time.sleep(0.2)
-        assert upload_files(berth) == [], "a dropped monolithic upload leaves no bytes behind"
+        wait_for(lambda: upload_files(berth) == [], 5, "a dropped monolithic upload's bytes to be removed")
     assert c.push_blob(name, data) == d
     assert c.get_blob(name, d).content == data
 
@@ -617,21 +616,18 @@ def test_connection_dropped_mid_patch(berth, with_content_range):
     head += "\r\n"
     half = blob[first:first + mib // 2]
     raw_http(berth.addr, head.encode() + half, read=False)
-    time.sleep(0.3)
 
     # the registry keeps serving
     assert c.get("/v2/").status_code == 200
-    # the upload status settles at a consistent offset
-    deadline = time.time() + 10
+    # the upload status settles at a consistent offset (the same in three readings 0.2 s apart)
     offsets = []
-    while True:
+
+    def settled():
         s = c.get(loc)
         assert s.status_code == 204, (s.status_code, s.text)
         offsets.append(range_end(s) + 1)
-        if len(offsets) >= 3 and offsets[-1] == offsets[-2] == offsets[-3]:
-            break
-        assert time.time() < deadline, offsets
-        time.sleep(0.2)
+        return len(offsets) >= 3 and offsets[-1] == offsets[-2] == offsets[-3]
+    wait_for(settled, 10, lambda: f"the upload offset to settle after the dropped PATCH (offsets {offsets})", 0.2)
     off = offsets[-1]
     assert first <= off <= first + len(half), off
     d = digest(blob)
@@ -660,6 +656,8 @@ def test_kill9_mid_patch_then_restart(berth_factory):
     s = socket.create_connection((host, int(port)), timeout=10)
     try:
         s.sendall(head.encode() + blob[first:first + mib // 2])
+        # Not a wait: the kill must land while the PATCH body is in flight (the case under test);
+        # the pause lets the half body reach the server first.
         time.sleep(0.3)
         b.kill9()
     finally:
@@ -693,17 +691,17 @@ def test_upload_expiry(berth_factory, fs_files):
     busy = c.start_upload(name)
     busy_data = b""
     t0 = time.time()
+    # Not a wait: three TTLs must pass while the busy upload is written to every 0.25 s (the case
+    # under test), so the writes are paced in real time.
     while time.time() - t0 < 3:
         piece = rand_bytes(100)
         r = c.patch_chunk(busy, piece, f"{len(busy_data)}-{len(busy_data) + 99}")
         assert r.status_code == 202, (round(time.time() - t0, 2), r.status_code, r.text)
         busy_data += piece
         time.sleep(0.25)
-    time.sleep(1.0)
+    wait_for(lambda: c.get(loc).status_code == 404, 2, "the untouched upload to expire")
     assert_error(c.get(loc), 404, "BLOB_UPLOAD_UNKNOWN")
-    deadline = time.time() + 3
-    while c.get(busy).status_code == 204 and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: c.get(busy).status_code == 404, 3, "the busy upload to expire once left alone")
     assert_error(c.get(busy), 404, "BLOB_UPLOAD_UNKNOWN")
     if fs_files:
         assert upload_files(b) == []

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import authkit as ak
 from authkit import assert_denied, assert_unauthorized, bearer
-from helpers import Client, assert_error, assert_spec_error_body, digest, parse_link, uniq
+from helpers import Client, assert_error, assert_spec_error_body, digest, parse_link, uniq, wait_for, wait_for_log
 
 
 # ---------------------------------------------------------------- fixtures
@@ -731,6 +731,8 @@ def test_robot_create_push_and_denied_elsewhere(reg):
 def test_expired_robot_refused(reg):
     rname = "old" + uuid.uuid4().hex[:6]
     robot = ak.create_robot(reg, rname, [f"{rname}/*:pull,push"], expires="1s")
+    # Not a wait: the robot must actually expire (time passing is the case under test). Polling with
+    # logins would count failed logins against the limiter and change what the checks below see.
     time.sleep(2.5)
     ak.assert_token_unauthorized(ak.get_token_response(reg, [scope(f"{rname}/x")], robot.username, robot.secret))
     r = ak.post_token(reg, grant_type="password", username=robot.username, password=robot.secret,
@@ -1064,18 +1066,12 @@ def test_tls_certificate_reload(berth_factory, tmp_path):
     # replace both files (key first, then cert): berth picks them up within ~5 s
     (live / "tls.key").write_bytes(second["key"].read_bytes())
     (live / "tls.crt").write_bytes(second["crt"].read_bytes())
-    deadline = time.time() + 20
-    ok = False
-    while time.time() < deadline:
+    def serves_second():
         try:
-            r = requests.get(url, verify=str(second["ca_crt"]), timeout=10)
-            ok = r.status_code == 401
-            if ok:
-                break
+            return requests.get(url, verify=str(second["ca_crt"]), timeout=10).status_code == 401
         except requests.exceptions.SSLError:
-            pass
-        time.sleep(1)
-    assert ok, "berth still serves the old certificate 20 s after the files changed"
+            return False
+    wait_for(serves_second, 20, "berth to serve the new certificate after the files changed", 0.5)
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(url, verify=str(first["ca_crt"]), timeout=10)
 
@@ -1382,7 +1378,7 @@ def test_failed_login_timing_does_not_tell_names_apart(berth_factory):
     ak.add_user(b, "known")
     live = ak.create_robot(b, "live", ["x/*:pull"])
     ak.create_robot(b, "expiring", ["x/*:pull"], expires="1s")
-    time.sleep(2.5)
+    time.sleep(2.5)  # not a wait: the robot must actually expire (it is one of the cases measured)
     s = requests.Session()
 
     def median_ms(user, secret="wrong-secret", n=15):

@@ -186,7 +186,7 @@ def test_kill9_during_concurrent_pushes(berth_factory, kill_after):
     pushers = [Pusher(b.url, i, stop, seed=hash((kill_after, i))) for i in range(N_THREADS)]
     for p in pushers:
         p.start()
-    time.sleep(kill_after)
+    time.sleep(kill_after)  # not a wait: the moment of the kill is the test's parameter
     b.kill9()
     for p in pushers:
         p.join(60)
@@ -231,8 +231,10 @@ def test_dropped_connection_mid_patch_keeps_serving(berth):
         head = (f"PATCH {path} HTTP/1.1\r\nHost: {berth.addr}\r\nContent-Type: application/octet-stream\r\n"
                 f"Content-Length: {len(data)}\r\nContent-Range: 0-{len(data) - 1}\r\n\r\n").encode()
         sock.sendall(head + data[:300_000])
-        time.sleep(0.2)
+        time.sleep(0.2)  # not a wait: the server is reading the body when the client goes away
         sock.close()  # the client goes away mid-body
+    # Not a wait for a condition: berth gets a moment to handle the hang-ups before it is checked to
+    # be alive (a crash they caused has no other sign to wait for).
     time.sleep(0.5)
     assert berth.proc.poll() is None, "berth died after a dropped PATCH connection"
     assert requests.get(f"{berth.url}/v2/", timeout=10).status_code == 200

@@ -226,6 +226,8 @@ def test_docker_robot_refused_outside_its_pattern(berth_factory, docker, tmp_pat
 
     # an expired robot cannot log in
     old = ak.create_robot(b, "old", ["team/*:pull,push"], expires="1s")
+    # Not a wait: the robot must actually expire (time passing is the case under test); polling with
+    # logins would count against the failed-login limiter.
     time.sleep(2.5)
     p = docker.login(b.addr, old.username, old.secret, check=False)
     assert p.returncode != 0, p.stdout + p.stderr

@@ -18,13 +18,13 @@ import pathlib
 import shutil
 import subprocess
 import tarfile
-import time
 import uuid
 
 import pytest
 import requests
 
 from conftest import require_busybox, require_tool
+from helpers import wait_for
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -156,16 +156,12 @@ def containerd():
                              str(base / "state"), "--address", str(sock)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 30
-        while True:
+        def ready():
             if proc.poll() is not None:
                 pytest.fail(f"containerd exited rc={proc.returncode}:\n{(base / 'containerd.log').read_text()}")
-            if sock.exists() and subprocess.run([ctr, "--address", str(sock), "version"],
-                                                capture_output=True, timeout=10).returncode == 0:
-                break
-            if time.time() > deadline:
-                pytest.fail(f"containerd not ready:\n{(base / 'containerd.log').read_text()}")
-            time.sleep(0.1)
+            return sock.exists() and subprocess.run([ctr, "--address", str(sock), "version"],
+                                                    capture_output=True, timeout=10).returncode == 0
+        wait_for(ready, 30, lambda: f"containerd to be ready:\n{(base / 'containerd.log').read_text()}")
         yield [ctr, "--address", str(sock)]
     finally:
         proc.terminate()

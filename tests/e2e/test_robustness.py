@@ -31,7 +31,7 @@ import requests
 from conftest import BERTH_BIN
 from helpers import (
     API_VERSION, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, SPEC_CODES, Client, canon, digest,
-    rand_bytes, uniq,
+    rand_bytes, uniq, wait_for,
 )
 
 FULL_BODY = {"errors": [{"code": "UNKNOWN", "message": "registry storage is full"}]}
@@ -883,6 +883,8 @@ def test_many_idle_connections(berth):
     finally:
         for s in socks:
             s.close()
+    # Not a wait for a condition: berth gets a moment to handle the 200 hang-ups before it is checked
+    # to be alive (a crash they caused has no other sign to wait for).
     time.sleep(0.3)
     assert_alive(berth)
     r = cl.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
@@ -977,7 +979,7 @@ def test_sigterm_while_upload_streams(berth_factory):
             while not stop.is_set():
                 s.sendall(piece)
                 streamed[0] += len(piece)
-                time.sleep(0.02)
+                time.sleep(0.02)  # a slow client is the case under test
         except OSError:
             pass
 
@@ -986,8 +988,8 @@ def test_sigterm_while_upload_streams(berth_factory):
     assert Reader(idle).response().status == 200
     t = threading.Thread(target=trickle, daemon=True)
     t.start()
-    time.sleep(1.0)
-    assert streamed[0] > 0
+    # the PATCH is well under way (more than the socket buffers hold) when the signal comes
+    wait_for(lambda: streamed[0] >= 1 << 20, 10, "the trickling PATCH to stream 1 MiB")
     t0 = time.time()
     b.proc.send_signal(signal.SIGTERM)
     try:

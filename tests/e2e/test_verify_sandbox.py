@@ -29,7 +29,7 @@ import pytest
 
 from conftest import Berth, require_busybox
 from authkit import auth_config, add_user, create_robot
-from helpers import canon, digest, OCI_MANIFEST, OCI_CONFIG
+from helpers import canon, digest, wait_for, OCI_MANIFEST, OCI_CONFIG
 from test_verify import Verifier, Env, VERIFIER_BIN, OCI_LAYER_GZ, one_job
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runc needs root; CI runs as root")
@@ -267,14 +267,11 @@ def test_setuid_root_binary_cannot_be_run_as_root_from_the_host(env):
     ref = "sbx/setuid:candidate"
     push_image(env, "sbx/setuid", "candidate", ["sh", "-c", "id -u; sleep 8"], layers=(layer,))
     # While the job runs, the attacker looks for the image's setuid binary on the host.
-    deadline = time.time() + 60
-    found = None
-    while time.time() < deadline and found is None:
-        for p in w.work_dir.glob("job-*/bundle/rootfs/bin/suid-id"):
-            found = p
-        time.sleep(0.2)
-    assert found is not None, "the job's rootfs never appeared"
-    time.sleep(1)   # unpacked and shifted
+    found = wait_for(lambda: next(w.work_dir.glob("job-*/bundle/rootfs/bin/suid-id"), None), 60,
+                     "the job's rootfs to appear", 0.2)
+    # unpacked and shifted: the container runs only after that
+    wait_for(lambda: subprocess.run(["runc", "--root", str(w.work_dir / "runtime-state"), "list", "-q"],
+                                    capture_output=True, text=True).stdout.strip(), 30, "the job's container to start")
     bundle = found.parents[2]
     st = os.lstat(found)
     assert st.st_uid == MAPPED_ROOT and st.st_mode & 0o4000, (st.st_uid, oct(st.st_mode))
@@ -328,7 +325,7 @@ def disk_watch(root):
                     except OSError:
                         pass
             peak[0] = max(peak[0], n)
-            time.sleep(0.02)
+            time.sleep(0.02)  # the sampling period of the disk-use probe, not a wait
 
     threading.Thread(target=run, daemon=True).start()
     return stop, peak
