@@ -168,7 +168,7 @@ def test_wrong_password_at_token_endpoint(reg):
                                                client_id="e2e"))
     # a malformed Basic header at the token endpoint is not an anonymous login either
     r = requests.get(ak.token_url(reg), params={"service": "berth"}, headers={"Authorization": "Basic !!!"})
-    assert r.status_code in (400, 401), (r.status_code, r.text)
+    ak.assert_token_unauthorized(r)
     # the right password works
     assert ak.get_token(reg, [scope("team/pw", "pull")], name, pw)
 
@@ -418,7 +418,7 @@ def test_star_action_for_admin(reg):
     repo = uniq("team")
     tok = ak.get_token(reg, [scope(repo, "*")], "admin", reg.admin_pw)
     acts = ak.access_of(tok)[("repository", repo)]
-    assert acts == {"*"} or {"pull", "push", "delete"} <= acts, acts
+    assert acts == {"*"}, acts   # granted as asked: "*", not spelled out
     client(reg, tok).push_image(repo, "v1")
 
 
@@ -479,7 +479,7 @@ def test_post_password_and_refresh_token_grant(reg):
     # token spec: the audience of a refresh grant must match the refresh token's
     r = ak.post_token(reg, grant_type="refresh_token", refresh_token=refresh, service="another-service",
                       scope=scope(repo, "pull"), client_id="e2e")
-    assert r.status_code in (400, 401), (r.status_code, r.text)
+    assert_error(r, 400, "UNSUPPORTED")   # "unknown service"
     assert "access_token" not in r.text
     # a refresh token is not an access token, and a garbage refresh token is refused
     assert client(reg, refresh).get(f"/v2/{repo}/manifests/v1").status_code == 401
@@ -514,7 +514,7 @@ def test_refresh_token_is_bound_to_user_and_password_change(reg):
     ak.cli(reg, "user", "del", name)
     r = ak.post_token(reg, grant_type="refresh_token", refresh_token=refresh, service="berth",
                       scope=scope(repo, "pull"), client_id="e2e")
-    assert r.status_code == 401 or ak.access_of(r.json()["access_token"]) == {}, (r.status_code, r.text)
+    ak.assert_token_unauthorized(r)   # "the account no longer exists"
     ak.assert_token_unauthorized(ak.get_token_response(reg, [scope(repo, "pull")], name, pw))
 
 
@@ -823,7 +823,7 @@ def test_admin_api_users(reg):
     # the admin creates a user
     r = requests.post(api, json={"name": newname, "password": newpw, "admin": False},
                       auth=("admin", reg.admin_pw))
-    assert r.status_code in (200, 201), (r.status_code, r.text)
+    assert r.status_code == 201, (r.status_code, r.text)
     assert newpw not in r.text
     r = requests.get(api, auth=("admin", reg.admin_pw))
     assert r.status_code == 200, r.text
@@ -839,25 +839,25 @@ def test_admin_api_users(reg):
     # the admin grants it a rule through the API
     r = requests.post(f"{reg.url}/berth/v1/permissions", auth=("admin", reg.admin_pw),
                       json={"principal": f"user:{newname}", "pattern": "apiteam/*", "actions": "pull,push"})
-    assert r.status_code in (200, 201), (r.status_code, r.text)
+    assert r.status_code == 201, (r.status_code, r.text)
     tok = ak.get_token(reg, [scope("apiteam/x")], newname, newpw)
     assert ak.access_of(tok) == {("repository", "apiteam/x"): {"pull", "push"}}
     # a robot through the API: the secret is in the answer only
     rname = "apibot" + uuid.uuid4().hex[:6]
     r = requests.post(f"{reg.url}/berth/v1/robots", auth=("admin", reg.admin_pw),
                       json={"name": rname, "allow": ["apiteam/*:pull"], "expires": "1d"})
-    assert r.status_code in (200, 201), (r.status_code, r.text)
+    assert r.status_code == 201, (r.status_code, r.text)
     secret = r.json()["secret"]
     tok = ak.get_token(reg, [scope("apiteam/x")], f"robot${rname}", secret)
     assert ak.access_of(tok) == {("repository", "apiteam/x"): {"pull"}}
     r = requests.get(f"{reg.url}/berth/v1/robots", auth=("admin", reg.admin_pw))
     assert r.status_code == 200 and rname in r.text and secret not in r.text, r.text
     r = requests.delete(f"{reg.url}/berth/v1/robots/{rname}", auth=("admin", reg.admin_pw))
-    assert r.status_code in (200, 202, 204), (r.status_code, r.text)
+    assert r.status_code == 204, (r.status_code, r.text)
     ak.assert_token_unauthorized(ak.get_token_response(reg, [], f"robot${rname}", secret))
     # delete it
     r = requests.delete(f"{api}/{newname}", auth=("admin", reg.admin_pw))
-    assert r.status_code in (200, 202, 204), (r.status_code, r.text)
+    assert r.status_code == 204, (r.status_code, r.text)
     ak.assert_token_unauthorized(ak.get_token_response(reg, [], newname, newpw))
 
 
@@ -937,7 +937,7 @@ def test_configured_service_and_realm(berth_factory):
     assert_unauthorized(r, b, "x/y", "pull", realm=realm, service="reg.example")
     tok = ak.get_token(b, [scope("x/y")], "admin", pw, service="reg.example")
     c = ak.claims(tok)
-    assert c["aud"] in ("reg.example", ["reg.example"]) and c["iss"] == "reg-issuer", c
+    assert c["aud"] == "reg.example" and c["iss"] == "reg-issuer", c
     assert client(b, tok).get("/v2/").status_code == 200
     # a token with the default service/issuer is foreign here
     payload = ak.make_claims(sub="admin", access=[("repository", "x/y", ["pull"])])
@@ -1139,13 +1139,15 @@ def test_no_secret_in_log(berth_factory):
     secrets.append(newpw)
     r = requests.post(f"{b.url}/berth/v1/users", json={"name": "frank", "password": newpw},
                       auth=("admin", apw))
-    assert r.status_code in (200, 201), (r.status_code, r.text)
+    assert r.status_code == 201, (r.status_code, r.text)
     ak.cli(b, "user", "passwd", "erin", "--password", "changed-" + upw)
     secrets.append("changed-" + upw)
     for i in range(5):  # into the rate limit
         ak.get_token_response(b, [], "erin", bad_pw + str(i))
-
-    time.sleep(1.0)  # let the stderr drain thread catch up
+    # a last request whose log line marks the end: once it is drained, so is everything before it
+    mark = len(b.log)
+    assert ak.get_token_response(b, [], "admin", apw).status_code == 200
+    wait_for_log(b, "token issued user=admin", after=mark)
     log = "".join(b.log)
     assert log, "berth wrote no log at all"
     encoded = set()
@@ -1159,8 +1161,8 @@ def test_no_secret_in_log(berth_factory):
             assert s.split(".")[2] not in log, "a token signature appears in berth's log"
     for e in encoded:
         assert e not in log, "a Basic credential appears in berth's log"
-    assert "signing-key" not in log or "BEGIN" not in log
-    assert "PRIVATE KEY" not in log
+    assert "signing-key" not in log
+    assert "BEGIN" not in log and "PRIVATE KEY" not in log
 
 
 # ---------------------------------------------------------------- issue 12: the auth holes
@@ -1366,8 +1368,8 @@ def test_parallel_wrong_logins_for_many_names_are_bounded(berth_factory):
     assert set(codes) <= {401, 429}, codes
     assert codes.count(429) > 0, codes
     assert after < RSS_BOUND_MIB * 1024, f"peak RSS {after // 1024} MiB after 150 parallel logins"
-    r = next(iter([ak.get_token_response(b, [], "user0", "wrong")]))
-    assert r.status_code in (401, 429)
+    # one more, alone: a free slot and no failed-login limit, so a plain 401
+    ak.assert_token_unauthorized(ak.get_token_response(b, [], "user0", "wrong"))
 
 
 def test_failed_login_timing_does_not_tell_names_apart(berth_factory):
