@@ -153,6 +153,7 @@ def verify_after_restart(b, pushers):
             n_blobs += 1
         for d, size in p.attempted_blobs.items():
             h = s.head(f"{b.url}/v2/{p.repo}/blobs/{d}", timeout=30)
+            # two answers by design: the kill -9 may land before or after this unacknowledged push committed
             assert h.status_code in (200, 404), (d, h.status_code)
             if h.status_code == 200:
                 r = s.get(f"{b.url}/v2/{p.repo}/blobs/{d}", timeout=30)
@@ -168,6 +169,7 @@ def verify_after_restart(b, pushers):
             n_mans += 1
         for repo, tag, d, man in p.attempted_manifests:
             r = s.get(f"{b.url}/v2/{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST}, timeout=30)
+            # two answers by design, as for the blobs above: unacknowledged, so committed or not
             assert r.status_code in (200, 404), (repo, tag, r.status_code)
             if r.status_code == 200:
                 assert r.content == man
@@ -242,13 +244,12 @@ def test_dropped_connection_mid_patch_keeps_serving(berth):
     # the half-sent data is never a blob
     assert requests.head(f"{berth.url}/v2/{repo}/blobs/{sha(data)}").status_code == 404
     assert requests.head(f"{berth.url}/v2/{repo}/blobs/{sha(data[:300_000])}").status_code == 404
-    # the session is either still there (and reports a consistent range) or gone
+    # the session is still there, and reports a consistent range (how much of a cut body is kept is timing)
     st = requests.get(f"{berth.url}{path}")
-    assert st.status_code in (204, 404), st.text
-    if st.status_code == 204:
-        m = re.fullmatch(r"0-(\d+)", st.headers["Range"])
-        assert m and int(m.group(1)) < len(data) - 1, st.headers
-        assert requests.delete(f"{berth.url}{path}").status_code == 204
+    assert st.status_code == 204, st.text
+    m = re.fullmatch(r"0-(\d+)", st.headers["Range"])
+    assert m and int(m.group(1)) < len(data) - 1, st.headers
+    assert requests.delete(f"{berth.url}{path}").status_code == 204
 
     # a complete chunked upload of the same bytes works afterwards
     p = Pusher(berth.url, 0, threading.Event(), seed=2)

@@ -247,7 +247,7 @@ def test_symlinked_work_dir_and_runtime_state_are_refused(env):
     link = b / "work-link"
     link.symlink_to(theirs)
     err = refused(env, link)
-    assert "symlink" in err or "owned by" in err, err
+    assert "is not a directory (a symlink or a file); refusing to use it" in err, err
     # A root-owned work dir with runtime-state planted as a link to the attacker's directory:
     # runc's state (which the start-up sweep acts on) must not live there.
     w = b / "work"
@@ -398,7 +398,7 @@ def test_memory_hog_is_killed_by_its_limit(env):
     job = job_of(env, "sbx/memhog:candidate")
     assert job["state"] == "failed", job
     assert "survived" not in job["log_tail"], job
-    assert job["exit_code"] in (137, 9) or "killed" in job["log_tail"].lower(), job
+    assert job["exit_code"] == 137, job   # 128 + SIGKILL, from the memory cgroup's OOM kill
     assert "timed out" not in job["message"], job
 
 
@@ -473,6 +473,7 @@ def test_requeue_keeps_the_last_result_until_the_new_one_arrives(env):
     assert p.returncode == 0 and "1 checks queued" in p.stdout, (p.stdout, p.stderr)
     st = env.status(f"{repo}:latest")
     chk = one_job(st)
+    # two answers by timing: a worker may claim the re-queued check before this look
     assert chk["state"] in ("queued", "running"), st
     assert chk["last_state"] == "passed" and chk["satisfied"], st
     assert st["ok"] and not st["complete"], st
@@ -559,7 +560,9 @@ def test_stalled_blob_download_fails_after_the_stall_timeout(env):
                             and "stalled" in one_job(s)["message"], timeout=60)
         assert time.time() - t0 < 40
         chk = one_job(st)
-        assert chk["state"] in ("queued", "error"), st   # error: retried
+        # two answers by timing: re-queued after a stall, or already out of attempts if the polls
+        # above missed the queued windows between the retries
+        assert chk["state"] in ("queued", "error"), st
     finally:
         for w in env.workers:
             w.stop()
