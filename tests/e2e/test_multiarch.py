@@ -920,7 +920,8 @@ def test_resolver_ubr_note_and_errors(reg, resolver_list):
     # a bad platform is a 400 with a JSON error; an unknown tag is MANIFEST_UNKNOWN
     r = requests.get(f"{reg.url}/berth/v1/resolve", timeout=30, params={
         "repository": repo, "reference": "multi", "platform": "windows"})
-    assert r.status_code == 400 and r.json()["errors"][0]["code"], r.text
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "UNSUPPORTED", r.text
+    assert "invalid platform" in r.json()["errors"][0]["message"], r.text
     r = requests.get(f"{reg.url}/berth/v1/resolve", timeout=30, params={
         "repository": repo, "reference": "nope", "platform": "linux/amd64"})
     assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN", r.text
