@@ -1365,6 +1365,7 @@ def test_parallel_wrong_logins_for_many_names_are_bounded(berth_factory):
     after = _vm_hwm_kib(b.proc.pid)
     print(f"\nVmHWM many names: {before // 1024} MiB -> {after // 1024} MiB; "
           f"401: {codes.count(401)}, 429: {codes.count(429)}")
+    # two answers by design: which of 150 parallel logins get a slot (401) or not (429) is timing
     assert set(codes) <= {401, 429}, codes
     assert codes.count(429) > 0, codes
     assert after < RSS_BOUND_MIB * 1024, f"peak RSS {after // 1024} MiB after 150 parallel logins"

@@ -162,7 +162,7 @@ class FakeRegistry:
                 h.wfile.write(part[i:i + step])
                 self.sent += len(part[i:i + step])
                 if self.rate:
-                    time.sleep(step / self.rate)
+                    time.sleep(step / self.rate)  # not a wait: the fake upstream's bandwidth limit
         except (BrokenPipeError, ConnectionResetError):
             pass
 
