@@ -5,6 +5,7 @@ started on an ephemeral loopback port. No mocks.
 """
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import threading
@@ -52,6 +53,56 @@ def backend_env():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "fs_only: inspects the filesystem backend's files; not run on S3")
+
+
+# ---------------------------------------------------------------- external tools
+# The clients the e2e tests drive (docker, skopeo, podman, containerd/ctr, runc, busybox-static) are
+# installed by tests/setup.sh. A missing one FAILS the test that needs it, never skips it, so a CI run
+# (CI=true) cannot go green without having exercised them; locally the message says what to install.
+
+SETUP_HINT = "run tests/setup.sh"
+
+
+def require_tool(tool, hint=SETUP_HINT):
+    """The path of `tool` on PATH; fails the calling test if it is not installed."""
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.fail(f"{tool} not found: {hint}")
+    return exe
+
+
+def require_busybox():
+    """The path of a static busybox (copied into image rootfs by several tests)."""
+    exe = shutil.which("busybox") or "/bin/busybox"
+    if not os.path.exists(exe):
+        pytest.fail(f"busybox not found: {SETUP_HINT} (installs busybox-static)")
+    return exe
+
+
+def require_docker():
+    """The docker CLI, with a reachable daemon."""
+    exe = require_tool("docker", f"{SETUP_HINT} (installs docker.io and starts dockerd)")
+    p = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        pytest.fail(f"docker daemon not reachable: {SETUP_HINT} first\n{p.stderr}")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def busybox():
+    return require_busybox()
+
+
+@pytest.fixture(scope="session")
+def skopeo():
+    return require_tool("skopeo", f"{SETUP_HINT} (installs it with apt)")
+
+
+@pytest.fixture(scope="session")
+def docker_ok(busybox):
+    """docker CLI and daemon are there; returns the busybox path the docker tests build images from."""
+    require_docker()
+    return busybox
 
 
 class Berth:

@@ -2,12 +2,14 @@
 
 Everything here talks HTTP to a real `berth serve` process started by conftest.Berth.
 """
+import gzip
 import hashlib
 import json
 import os
 import pathlib
 import re
 import socket
+import time
 import uuid
 from urllib.parse import urljoin, urlsplit
 
@@ -35,6 +37,34 @@ SPEC_CODES = {
     "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
     "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
 }
+
+
+# ---------------------------------------------------------------- waiting
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    """Polls predicate() until it returns something truthy, and returns that; after `timeout` seconds
+    fails the test naming `what` it waited for (a string, or a function called then for one that
+    reports the state) and the last value seen, when there was one.
+
+    The tests wait on a condition they can observe (a file gone, a log line, a state), never for a
+    fixed time: fast when the condition comes early, a clear message when it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            last = "" if got is None or got is False else f" (last: {got!r})"
+            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}{last}")
+        time.sleep(interval)
+
+
+def wait_for_log(berth, text, timeout=10, after=0):
+    """Waits until berth's stderr (drained by a thread into berth.log) has a line containing `text`
+    among the lines from index `after` on; returns that line."""
+    def find():
+        return next((l for l in berth.log[after:] if text in l), None)
+    return wait_for(find, timeout, f"berth to log {text!r}")
 
 
 # ---------------------------------------------------------------- digests and names
@@ -149,43 +179,106 @@ class Client:
 
     def push_image(self, name, tag=None, layers=1, config_media=OCI_CONFIG, manifest_media=OCI_MANIFEST,
                    layer_media=OCI_LAYER, extra=None, layer_data=None):
-        """Pushes config + layers + an image manifest. Returns an Image."""
-        cfg = canon({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
-                     "nonce": uuid.uuid4().hex})
-        cfg_d = self.push_blob(name, cfg)
-        descs = []
-        blobs = {cfg_d: cfg}
-        for i in range(layers):
-            data = layer_data[i] if layer_data else rand_bytes(64 + i)
-            d = self.push_blob(name, data)
-            blobs[d] = data
-            descs.append({"mediaType": layer_media, "digest": d, "size": len(data)})
-        m = {"schemaVersion": 2, "mediaType": manifest_media,
-             "config": {"mediaType": config_media, "digest": cfg_d, "size": len(cfg)},
-             "layers": descs}
-        if extra:
-            m.update(extra)
-        body = canon(m)
-        ref = tag if tag is not None else digest(body)
-        body, d = self.push_manifest(name, ref, body, manifest_media)
-        return Image(body, d, manifest_media, m, blobs)
+        """Builds a small image (random layer bytes unless layer_data) and pushes it. Returns the Image."""
+        cfg = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+               "nonce": uuid.uuid4().hex}
+        ls = [Layer(layer_data[i] if layer_data else rand_bytes(64 + i), layer_media) for i in range(layers)]
+        img = Image(cfg, ls, media_type=manifest_media, config_media_type=config_media, extra=extra)
+        self.push(name, img, tag)
+        return img
+
+    def push(self, name, img, tag=None):
+        """Pushes an Image's blobs (not its foreign layers) and its manifest, by tag or by digest."""
+        for data in img.blobs().values():
+            self.push_blob(name, data)
+        self.push_manifest(name, tag if tag is not None else img.digest, img.manifest, img.media_type)
+        return img.digest
 
     def upload_status(self, location):
         return self.get(location)
 
 
-class Image:
-    def __init__(self, body, dgst, media_type, obj, blobs):
-        self.body = body
-        self.digest = dgst
+class Layer:
+    """One layer as a registry stores it (`blob`), and its uncompressed tar (`raw`) when there is one."""
+
+    def __init__(self, blob, media_type=OCI_LAYER, raw=None, urls=None, push=True):
+        self.blob = blob
+        self.raw = raw
+        self.digest = digest(blob)
+        # rootfs.diff_ids name the uncompressed tar; a layer built from opaque bytes names itself.
+        self.diff_id = digest(raw) if raw is not None else self.digest
         self.media_type = media_type
-        self.obj = obj
-        self.blobs = blobs
+        self.urls = urls
+        self.push = push               # False: a foreign layer the registry never receives
+
+    @classmethod
+    def tar_gz(cls, raw, media_type=OCI_LAYER, **kw):
+        """A tar+gzip layer from the uncompressed tar (gzip without a timestamp, so reproducible)."""
+        return cls(gzip.compress(raw, mtime=0), media_type, raw=raw, **kw)
+
+    def descriptor(self):
+        d = {"mediaType": self.media_type, "digest": self.digest, "size": len(self.blob)}
+        if self.urls:
+            d["urls"] = list(self.urls)
+        return d
+
+
+class Image:
+    """An image the tests build: config + layers + manifest (and, for index entries, its platform).
+
+    config_obj / config (bytes) / config_digest; layers (Layer); manifest_obj / manifest (bytes) /
+    digest / media_type. JSON is compact in insertion order (canon), so an image whose dicts are built
+    in Go struct field order serialises byte for byte as skopeo and docker write it.
+    """
+
+    def __init__(self, config, layers, media_type=OCI_MANIFEST, config_media_type=OCI_CONFIG,
+                 platform=None, extra=None):
+        self.platform = platform
+        self.config_obj = config
+        self.config = canon(config)
+        self.config_digest = digest(self.config)
+        self.layers = list(layers)
+        self.media_type = media_type
+        self.config_media_type = config_media_type
+        self.extra = extra
+        self.rebuild()
+
+    def rebuild(self):
+        """Recomputes the manifest after layers changed."""
+        self.manifest_obj = {
+            "schemaVersion": 2,
+            "mediaType": self.media_type,
+            "config": {"mediaType": self.config_media_type, "digest": self.config_digest,
+                       "size": len(self.config)},
+            "layers": [l.descriptor() for l in self.layers],
+        }
+        if self.extra:
+            self.manifest_obj.update(self.extra)
+        self.manifest = canon(self.manifest_obj)
+        self.digest = digest(self.manifest)
+        return self
+
+    @property
+    def size(self):
+        """Config plus layer sizes (what berth's inspect reports)."""
+        return len(self.config) + sum(len(l.blob) for l in self.layers)
+
+    def blobs(self):
+        """digest -> bytes of every blob a push uploads: the config and the layers that are pushed."""
+        out = {self.config_digest: self.config}
+        for l in self.layers:
+            if l.push:
+                out[l.digest] = l.blob
+        return out
 
     def descriptor(self, **extra):
-        d = {"mediaType": self.media_type, "digest": self.digest, "size": len(self.body)}
+        d = {"mediaType": self.media_type, "digest": self.digest, "size": len(self.manifest)}
         d.update(extra)
         return d
+
+    def entry(self, platform=None):
+        """The index / manifest list entry for this image (platform defaults to the true one)."""
+        return self.descriptor(platform=dict(platform if platform is not None else self.platform))
 
 
 # ---------------------------------------------------------------- assertions

@@ -251,13 +251,13 @@ def test_put_by_digest_with_tags(c):
     check_get(c, name, "b", body, OCI_MANIFEST)
 
 
-def test_put_by_tag_has_one_oci_tag_or_none(c):
-    # OCI-Tag is about ?tag= query parameters; a PUT by tag must not claim other tags
+def test_put_by_tag_has_no_oci_tag(c):
+    # OCI-Tag is about ?tag= query parameters; a PUT by tag claims no tag at all (berth sends none)
     name = uniq()
     body = canon(image_manifest(c, name))
     r = c.put_manifest(name, "only", body)
     assert r.status_code == 201
-    assert header_list(r, "OCI-Tag") in ([], ["only"])
+    assert header_list(r, "OCI-Tag") == []
 
 
 def test_tag_name_limits(c):
@@ -295,7 +295,7 @@ def test_descriptor_size_disagrees_with_blob(c):
     m["layers"][0]["size"] += 1
     r = c.put_manifest(name, "x", canon(m))
     assert r.status_code == 400, r.text
-    assert r.json()["errors"][0]["code"] in ("MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN")
+    assert_error(r, 400, "MANIFEST_INVALID")
     assert_error(c.get(f"/v2/{name}/manifests/x"), 404, "MANIFEST_UNKNOWN")
 
 
@@ -542,9 +542,8 @@ def test_invalid_tag_reference_is_manifest_unknown(c, bad):
 
 
 def test_manifest_unknown_repo(c):
-    r = c.get(f"/v2/{uniq()}/manifests/latest")
-    assert r.status_code == 404
-    assert r.json()["errors"][0]["code"] in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN")
+    # berth does not tell an unknown repository from an unknown tag
+    assert_error(c.get(f"/v2/{uniq()}/manifests/latest"), 404, "MANIFEST_UNKNOWN")
 
 
 @pytest.mark.parametrize("bad", ["sha256:XYZ", "sha256:" + "A" * 64, "sha256:abc", "sha512:" + "0" * 64])

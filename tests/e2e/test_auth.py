@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import authkit as ak
 from authkit import assert_denied, assert_unauthorized, bearer
-from helpers import Client, assert_error, assert_spec_error_body, digest, parse_link, uniq
+from helpers import Client, assert_error, assert_spec_error_body, digest, parse_link, uniq, wait_for, wait_for_log
 
 
 # ---------------------------------------------------------------- fixtures
@@ -115,7 +115,7 @@ def test_signing_key_jwks_and_token_claims(reg):
     # the token works for what it grants
     c = client(reg, tok)
     img = c.push_image("team/claims", "v1")
-    assert c.get("/v2/team/claims/manifests/v1").content == img.body
+    assert c.get("/v2/team/claims/manifests/v1").content == img.manifest
 
 
 def test_key_survives_restart(tmp_path, berth_factory):
@@ -142,12 +142,12 @@ def test_no_token_is_401_with_challenge(reg):
     assert_unauthorized(r, reg)
     assert_unauthorized(c.get(f"/v2/{repo}/manifests/v1"), reg, repo, "pull")
     assert_unauthorized(c.head(f"/v2/{repo}/manifests/v1"), reg, repo, "pull")
-    cfg = img.obj["config"]["digest"]
+    cfg = img.config_digest
     assert_unauthorized(c.get(f"/v2/{repo}/blobs/{cfg}"), reg, repo, "pull")
     assert_unauthorized(c.get(f"/v2/{repo}/tags/list"), reg, repo, "pull")
     assert_unauthorized(c.get(f"/v2/{repo}/referrers/{img.digest}"), reg, repo, "pull")
     assert_unauthorized(c.post(f"/v2/{repo}/blobs/uploads/"), reg, repo, "push")
-    assert_unauthorized(c.put(f"/v2/{repo}/manifests/v2", data=img.body,
+    assert_unauthorized(c.put(f"/v2/{repo}/manifests/v2", data=img.manifest,
                               headers={"Content-Type": img.media_type}), reg, repo, "push")
     assert_unauthorized(c.delete(f"/v2/{repo}/manifests/{img.digest}"), reg, repo, "delete")
     # nothing changed
@@ -168,7 +168,7 @@ def test_wrong_password_at_token_endpoint(reg):
                                                client_id="e2e"))
     # a malformed Basic header at the token endpoint is not an anonymous login either
     r = requests.get(ak.token_url(reg), params={"service": "berth"}, headers={"Authorization": "Basic !!!"})
-    assert r.status_code in (400, 401), (r.status_code, r.text)
+    ak.assert_token_unauthorized(r)
     # the right password works
     assert ak.get_token(reg, [scope("team/pw", "pull")], name, pw)
 
@@ -335,10 +335,10 @@ def test_token_for_other_repository_is_denied(reg):
     c = client(reg, tok)
     assert c.get(f"/v2/{mine}/manifests/v1").status_code == 200
     assert_denied(c.get(f"/v2/{other}/manifests/v1"))
-    assert_denied(c.get(f"/v2/{other}/blobs/{img.obj['config']['digest']}"))
+    assert_denied(c.get(f"/v2/{other}/blobs/{img.config_digest}"))
     assert_denied(c.get(f"/v2/{other}/tags/list"))
     assert_denied(c.post(f"/v2/{other}/blobs/uploads/"))
-    assert_denied(c.put(f"/v2/{other}/manifests/v2", data=img.body, headers={"Content-Type": img.media_type}))
+    assert_denied(c.put(f"/v2/{other}/manifests/v2", data=img.manifest, headers={"Content-Type": img.media_type}))
     assert_denied(c.delete(f"/v2/{other}/manifests/{img.digest}"))
     assert admin_client(reg, other).get(f"/v2/{other}/tags/list").json()["tags"] == ["v1"]
 
@@ -374,7 +374,7 @@ def test_blob_of_another_repository_not_readable_by_digest(reg):
     seed_image(reg, mine)
     name, pw = new_user(reg, [(mine, "pull,push")])
     c = client(reg, ak.get_token(reg, [scope(mine)], name, pw))
-    for d in img.blobs:
+    for d in img.blobs():
         assert_error(c.get(f"/v2/{mine}/blobs/{d}"), 404, "BLOB_UNKNOWN")
         assert c.head(f"/v2/{mine}/blobs/{d}").status_code == 404
     assert_error(c.get(f"/v2/{mine}/manifests/{img.digest}"), 404, "MANIFEST_UNKNOWN")
@@ -402,9 +402,9 @@ def test_intersection_of_asked_and_allowed(reg):
     tok = r.json()["token"]
     assert ak.access_of(tok) == {("repository", repo): {"pull"}}, ak.claims(tok)["access"]
     c = client(reg, tok)
-    assert c.get(f"/v2/{repo}/manifests/v1").content == img.body
+    assert c.get(f"/v2/{repo}/manifests/v1").content == img.manifest
     assert_denied(c.post(f"/v2/{repo}/blobs/uploads/"))
-    assert_denied(c.put(f"/v2/{repo}/manifests/v2", data=img.body, headers={"Content-Type": img.media_type}))
+    assert_denied(c.put(f"/v2/{repo}/manifests/v2", data=img.manifest, headers={"Content-Type": img.media_type}))
     # asking for something not allowed at all: 200 with no access, not 401
     r = ak.get_token_response(reg, [scope(uniq("nothing"), "push")], name, pw)
     assert r.status_code == 200, r.text
@@ -418,7 +418,7 @@ def test_star_action_for_admin(reg):
     repo = uniq("team")
     tok = ak.get_token(reg, [scope(repo, "*")], "admin", reg.admin_pw)
     acts = ak.access_of(tok)[("repository", repo)]
-    assert acts == {"*"} or {"pull", "push", "delete"} <= acts, acts
+    assert acts == {"*"}, acts   # granted as asked: "*", not spelled out
     client(reg, tok).push_image(repo, "v1")
 
 
@@ -474,12 +474,12 @@ def test_post_password_and_refresh_token_grant(reg):
     c = ak.claims(tok)
     assert c["sub"] == name
     assert ak.access_of(tok) == {("repository", repo): {"pull"}}, c["access"]
-    assert client(reg, tok).get(f"/v2/{repo}/manifests/v1").content == img.body
+    assert client(reg, tok).get(f"/v2/{repo}/manifests/v1").content == img.manifest
 
     # token spec: the audience of a refresh grant must match the refresh token's
     r = ak.post_token(reg, grant_type="refresh_token", refresh_token=refresh, service="another-service",
                       scope=scope(repo, "pull"), client_id="e2e")
-    assert r.status_code in (400, 401), (r.status_code, r.text)
+    assert_error(r, 400, "UNSUPPORTED")   # "unknown service"
     assert "access_token" not in r.text
     # a refresh token is not an access token, and a garbage refresh token is refused
     assert client(reg, refresh).get(f"/v2/{repo}/manifests/v1").status_code == 401
@@ -514,7 +514,7 @@ def test_refresh_token_is_bound_to_user_and_password_change(reg):
     ak.cli(reg, "user", "del", name)
     r = ak.post_token(reg, grant_type="refresh_token", refresh_token=refresh, service="berth",
                       scope=scope(repo, "pull"), client_id="e2e")
-    assert r.status_code == 401 or ak.access_of(r.json()["access_token"]) == {}, (r.status_code, r.text)
+    ak.assert_token_unauthorized(r)   # "the account no longer exists"
     ak.assert_token_unauthorized(ak.get_token_response(reg, [scope(repo, "pull")], name, pw))
 
 
@@ -573,14 +573,14 @@ def test_anonymous_pull_of_public_and_push_refused(reg):
     # no token at all
     r = c.get(f"/v2/{pub}/manifests/v1")
     assert r.status_code == 200, (r.status_code, r.text)
-    assert r.content == img.body
+    assert r.content == img.manifest
     assert c.head(f"/v2/{pub}/manifests/v1").status_code == 200
-    for d, data in img.blobs.items():
+    for d, data in img.blobs().items():
         assert c.get(f"/v2/{pub}/blobs/{d}").content == data
     assert c.get(f"/v2/{pub}/tags/list").json()["tags"] == ["v1"]
     # but not a push or delete, nor a private repository
     assert_unauthorized(c.post(f"/v2/{pub}/blobs/uploads/"), reg, pub, "push")
-    assert_unauthorized(c.put(f"/v2/{pub}/manifests/v2", data=img.body, headers={"Content-Type": img.media_type}),
+    assert_unauthorized(c.put(f"/v2/{pub}/manifests/v2", data=img.manifest, headers={"Content-Type": img.media_type}),
                         reg, pub, "push")
     assert_unauthorized(c.delete(f"/v2/{pub}/manifests/{img.digest}"), reg, pub, "delete")
     assert_unauthorized(c.get(f"/v2/{priv}/manifests/v1"), reg, priv, "pull")
@@ -600,7 +600,7 @@ def test_anonymous_pull_of_public_and_push_refused(reg):
     tok = ak.get_token(reg, [scope(pub, "pull,push")], name, pw)
     assert ak.access_of(tok) == {("repository", pub): {"pull"}}
     cu = client(reg, tok)
-    assert cu.get(f"/v2/{pub}/manifests/v1").content == img.body
+    assert cu.get(f"/v2/{pub}/manifests/v1").content == img.manifest
     assert_denied(cu.post(f"/v2/{pub}/blobs/uploads/"))
 
 
@@ -668,7 +668,7 @@ def test_catalog_lists_only_pullable(berth_factory):
 def test_mount_needs_pull_on_source(reg):
     src = uniq("secret")
     img = seed_image(reg, src)
-    layer = next(d for d in img.blobs if d != img.obj["config"]["digest"])
+    layer = next(d for d in img.blobs() if d != img.config_digest)
     dst, dst_ok = uniq("team"), uniq("team")
     name, pw = new_user(reg, [(dst, "pull,push"), (dst_ok, "pull,push")])
     tok = ak.get_token(reg, [scope(dst), scope(src, "pull")], name, pw)
@@ -679,7 +679,7 @@ def test_mount_needs_pull_on_source(reg):
     assert r.headers.get("Location"), r.headers
     assert c.head(f"/v2/{dst}/blobs/{layer}").status_code == 404
     # the fallback upload is a working upload
-    r2 = c.put_upload(r.headers["Location"], layer, img.blobs[layer])
+    r2 = c.put_upload(r.headers["Location"], layer, img.blobs()[layer])
     assert r2.status_code == 201, r2.text
 
     # control: with pull on the source, the mount happens (201)
@@ -688,7 +688,7 @@ def test_mount_needs_pull_on_source(reg):
     c = client(reg, tok)
     r = c.post(f"/v2/{dst_ok}/blobs/uploads/", params={"mount": layer, "from": src})
     assert r.status_code == 201, (r.status_code, r.text)
-    assert c.get(f"/v2/{dst_ok}/blobs/{layer}").content == img.blobs[layer]
+    assert c.get(f"/v2/{dst_ok}/blobs/{layer}").content == img.blobs()[layer]
 
 
 # ---------------------------------------------------------------- robots
@@ -709,7 +709,7 @@ def test_robot_create_push_and_denied_elsewhere(reg):
     assert ak.access_of(tok) == {("repository", team_repo): {"pull", "push"}}
     c = client(reg, tok)
     img = c.push_image(team_repo, "v1")
-    assert c.get(f"/v2/{team_repo}/manifests/v1").content == img.body
+    assert c.get(f"/v2/{team_repo}/manifests/v1").content == img.manifest
 
     tok = ak.get_token(reg, [scope(other_repo)], robot.username, robot.secret)
     assert ak.access_of(tok) == {}
@@ -731,6 +731,8 @@ def test_robot_create_push_and_denied_elsewhere(reg):
 def test_expired_robot_refused(reg):
     rname = "old" + uuid.uuid4().hex[:6]
     robot = ak.create_robot(reg, rname, [f"{rname}/*:pull,push"], expires="1s")
+    # Not a wait: the robot must actually expire (time passing is the case under test). Polling with
+    # logins would count failed logins against the limiter and change what the checks below see.
     time.sleep(2.5)
     ak.assert_token_unauthorized(ak.get_token_response(reg, [scope(f"{rname}/x")], robot.username, robot.secret))
     r = ak.post_token(reg, grant_type="password", username=robot.username, password=robot.secret,
@@ -821,7 +823,7 @@ def test_admin_api_users(reg):
     # the admin creates a user
     r = requests.post(api, json={"name": newname, "password": newpw, "admin": False},
                       auth=("admin", reg.admin_pw))
-    assert r.status_code in (200, 201), (r.status_code, r.text)
+    assert r.status_code == 201, (r.status_code, r.text)
     assert newpw not in r.text
     r = requests.get(api, auth=("admin", reg.admin_pw))
     assert r.status_code == 200, r.text
@@ -837,25 +839,25 @@ def test_admin_api_users(reg):
     # the admin grants it a rule through the API
     r = requests.post(f"{reg.url}/berth/v1/permissions", auth=("admin", reg.admin_pw),
                       json={"principal": f"user:{newname}", "pattern": "apiteam/*", "actions": "pull,push"})
-    assert r.status_code in (200, 201), (r.status_code, r.text)
+    assert r.status_code == 201, (r.status_code, r.text)
     tok = ak.get_token(reg, [scope("apiteam/x")], newname, newpw)
     assert ak.access_of(tok) == {("repository", "apiteam/x"): {"pull", "push"}}
     # a robot through the API: the secret is in the answer only
     rname = "apibot" + uuid.uuid4().hex[:6]
     r = requests.post(f"{reg.url}/berth/v1/robots", auth=("admin", reg.admin_pw),
                       json={"name": rname, "allow": ["apiteam/*:pull"], "expires": "1d"})
-    assert r.status_code in (200, 201), (r.status_code, r.text)
+    assert r.status_code == 201, (r.status_code, r.text)
     secret = r.json()["secret"]
     tok = ak.get_token(reg, [scope("apiteam/x")], f"robot${rname}", secret)
     assert ak.access_of(tok) == {("repository", "apiteam/x"): {"pull"}}
     r = requests.get(f"{reg.url}/berth/v1/robots", auth=("admin", reg.admin_pw))
     assert r.status_code == 200 and rname in r.text and secret not in r.text, r.text
     r = requests.delete(f"{reg.url}/berth/v1/robots/{rname}", auth=("admin", reg.admin_pw))
-    assert r.status_code in (200, 202, 204), (r.status_code, r.text)
+    assert r.status_code == 204, (r.status_code, r.text)
     ak.assert_token_unauthorized(ak.get_token_response(reg, [], f"robot${rname}", secret))
     # delete it
     r = requests.delete(f"{api}/{newname}", auth=("admin", reg.admin_pw))
-    assert r.status_code in (200, 202, 204), (r.status_code, r.text)
+    assert r.status_code == 204, (r.status_code, r.text)
     ak.assert_token_unauthorized(ak.get_token_response(reg, [], newname, newpw))
 
 
@@ -935,7 +937,7 @@ def test_configured_service_and_realm(berth_factory):
     assert_unauthorized(r, b, "x/y", "pull", realm=realm, service="reg.example")
     tok = ak.get_token(b, [scope("x/y")], "admin", pw, service="reg.example")
     c = ak.claims(tok)
-    assert c["aud"] in ("reg.example", ["reg.example"]) and c["iss"] == "reg-issuer", c
+    assert c["aud"] == "reg.example" and c["iss"] == "reg-issuer", c
     assert client(b, tok).get("/v2/").status_code == 200
     # a token with the default service/issuer is foreign here
     payload = ak.make_claims(sub="admin", access=[("repository", "x/y", ["pull"])])
@@ -986,9 +988,9 @@ def test_trusted_external_issuers(berth_factory, tmp_path):
 
     # accepted: JWKS-trusted ES256 and PEM-trusted RS256
     good = ext("corp-token-server", corp_key, "corp-1")
-    assert client(b, good).get(f"/v2/{repo}/manifests/v1").content == img.body
+    assert client(b, good).get(f"/v2/{repo}/manifests/v1").content == img.manifest
     good_rsa = ext("rsa-token-server", rsa_key, "whatever", alg="RS256")
-    assert client(b, good_rsa).get(f"/v2/{repo}/manifests/v1").content == img.body
+    assert client(b, good_rsa).get(f"/v2/{repo}/manifests/v1").content == img.manifest
     # only what the token grants
     assert_denied(client(b, good).post(f"/v2/{repo}/blobs/uploads/"))
     # refused: another key with the trusted kid, a trusted key under another issuer name, berth's own
@@ -1064,18 +1066,12 @@ def test_tls_certificate_reload(berth_factory, tmp_path):
     # replace both files (key first, then cert): berth picks them up within ~5 s
     (live / "tls.key").write_bytes(second["key"].read_bytes())
     (live / "tls.crt").write_bytes(second["crt"].read_bytes())
-    deadline = time.time() + 20
-    ok = False
-    while time.time() < deadline:
+    def serves_second():
         try:
-            r = requests.get(url, verify=str(second["ca_crt"]), timeout=10)
-            ok = r.status_code == 401
-            if ok:
-                break
+            return requests.get(url, verify=str(second["ca_crt"]), timeout=10).status_code == 401
         except requests.exceptions.SSLError:
-            pass
-        time.sleep(1)
-    assert ok, "berth still serves the old certificate 20 s after the files changed"
+            return False
+    wait_for(serves_second, 20, "berth to serve the new certificate after the files changed", 0.5)
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(url, verify=str(first["ca_crt"]), timeout=10)
 
@@ -1143,13 +1139,15 @@ def test_no_secret_in_log(berth_factory):
     secrets.append(newpw)
     r = requests.post(f"{b.url}/berth/v1/users", json={"name": "frank", "password": newpw},
                       auth=("admin", apw))
-    assert r.status_code in (200, 201), (r.status_code, r.text)
+    assert r.status_code == 201, (r.status_code, r.text)
     ak.cli(b, "user", "passwd", "erin", "--password", "changed-" + upw)
     secrets.append("changed-" + upw)
     for i in range(5):  # into the rate limit
         ak.get_token_response(b, [], "erin", bad_pw + str(i))
-
-    time.sleep(1.0)  # let the stderr drain thread catch up
+    # a last request whose log line marks the end: once it is drained, so is everything before it
+    mark = len(b.log)
+    assert ak.get_token_response(b, [], "admin", apw).status_code == 200
+    wait_for_log(b, "token issued user=admin", after=mark)
     log = "".join(b.log)
     assert log, "berth wrote no log at all"
     encoded = set()
@@ -1163,8 +1161,8 @@ def test_no_secret_in_log(berth_factory):
             assert s.split(".")[2] not in log, "a token signature appears in berth's log"
     for e in encoded:
         assert e not in log, "a Basic credential appears in berth's log"
-    assert "signing-key" not in log or "BEGIN" not in log
-    assert "PRIVATE KEY" not in log
+    assert "signing-key" not in log
+    assert "BEGIN" not in log and "PRIVATE KEY" not in log
 
 
 # ---------------------------------------------------------------- issue 12: the auth holes
@@ -1367,11 +1365,12 @@ def test_parallel_wrong_logins_for_many_names_are_bounded(berth_factory):
     after = _vm_hwm_kib(b.proc.pid)
     print(f"\nVmHWM many names: {before // 1024} MiB -> {after // 1024} MiB; "
           f"401: {codes.count(401)}, 429: {codes.count(429)}")
+    # two answers by design: which of 150 parallel logins get a slot (401) or not (429) is timing
     assert set(codes) <= {401, 429}, codes
     assert codes.count(429) > 0, codes
     assert after < RSS_BOUND_MIB * 1024, f"peak RSS {after // 1024} MiB after 150 parallel logins"
-    r = next(iter([ak.get_token_response(b, [], "user0", "wrong")]))
-    assert r.status_code in (401, 429)
+    # one more, alone: a free slot and no failed-login limit, so a plain 401
+    ak.assert_token_unauthorized(ak.get_token_response(b, [], "user0", "wrong"))
 
 
 def test_failed_login_timing_does_not_tell_names_apart(berth_factory):
@@ -1382,7 +1381,7 @@ def test_failed_login_timing_does_not_tell_names_apart(berth_factory):
     ak.add_user(b, "known")
     live = ak.create_robot(b, "live", ["x/*:pull"])
     ak.create_robot(b, "expiring", ["x/*:pull"], expires="1s")
-    time.sleep(2.5)
+    time.sleep(2.5)  # not a wait: the robot must actually expire (it is one of the cases measured)
     s = requests.Session()
 
     def median_ms(user, secret="wrong-secret", n=15):

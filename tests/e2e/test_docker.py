@@ -28,19 +28,6 @@ def run(args, timeout=300, check=True, env=None, input=None):
     return p
 
 
-@pytest.fixture(scope="module")
-def docker_ok():
-    if shutil.which("docker") is None:
-        pytest.fail("docker CLI not found: run tests/setup.sh (installs docker.io and starts dockerd)")
-    p = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    if p.returncode != 0:
-        pytest.fail(f"docker daemon not reachable: run tests/setup.sh first\n{p.stderr}")
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(busybox):
-        pytest.fail("busybox not found: run tests/setup.sh (installs busybox-static)")
-    return busybox
-
-
 class Images:
     """Tracks every local image reference a test creates, so they can be removed at the end."""
 

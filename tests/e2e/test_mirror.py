@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import BERTH_BIN, Berth
-from helpers import Client, uniq
+from helpers import Client, Layer, wait_for
 import winimages as wi
 from winimages import ALL_MANIFEST_TYPES, sha256
 
@@ -162,7 +162,7 @@ class FakeRegistry:
                 h.wfile.write(part[i:i + step])
                 self.sent += len(part[i:i + step])
                 if self.rate:
-                    time.sleep(step / self.rate)
+                    time.sleep(step / self.rate)  # not a wait: the fake upstream's bandwidth limit
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -329,11 +329,11 @@ def test_admin_api_defines_and_runs_a_mirror(upstream, berth_factory):
     r = requests.post(reg.url + "/berth/v1/mirrors/viaapi/runs")
     assert r.status_code == 202
     run = r.headers["Location"]
-    for _ in range(100):
+
+    def finished():
         rep = requests.get(reg.url + run).json()
-        if rep["state"] != "running":
-            break
-        time.sleep(0.1)
+        return rep if rep["state"] != "running" else None
+    rep = wait_for(finished, 10, "the mirror run started through the API to finish")
     assert rep["state"] == "succeeded", rep
     assert Client(reg.url).get("/v2/api/lib/app/tags/list").json()["tags"] == ["1.0.0"]
     lst = requests.get(reg.url + "/berth/v1/mirrors").json()["mirrors"]
@@ -344,12 +344,8 @@ def test_scheduled_run(upstream, berth_factory):
     reg = berth_factory(config=mirror_toml("sched", upstream.url, ["lib/app"], "s",
                                            tags={"include": ["^latest$"]}, schedule="1h"))
     c = Client(reg.url)
-    for _ in range(150):
-        if get_manifest(c, "s/lib/app", "latest").status_code == 200:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the scheduled run did not happen")
+    wait_for(lambda: get_manifest(c, "s/lib/app", "latest").status_code == 200, 30,
+             "the scheduled mirror run to copy s/lib/app:latest", 0.2)
     runs = requests.get(reg.url + "/berth/v1/mirrors/sched/runs").json()["runs"]
     assert runs[0]["trigger"] == "schedule"
 
@@ -412,14 +408,10 @@ def test_mirror_run_waits_out_an_upstream_rate_limit(fake, berth_factory):
 
 @pytest.mark.fs_only  # the in-process CLI run uses the filesystem backend; S3 sessions resume per part
 def test_interrupted_run_resumes_where_it_stopped(fake, tmp_path):
-    big = wi.Layer(os.urandom(48 << 20), wi.OCI_LAYER)
-    big.blob = big.raw            # incompressible bytes: store them as they are
-    big.digest = sha256(big.blob)
+    big = Layer(os.urandom(48 << 20), wi.OCI_LAYER)   # incompressible bytes: stored as they are
     img = wi.linux_image("amd64", fmt="oci", layers=1)
     img.layers.append(big)
-    img.manifest_obj["layers"].append(big.descriptor())
-    img.manifest = wi.gojson(img.manifest_obj)
-    img.digest = sha256(img.manifest)
+    img.rebuild()
     fake.put_image("big/img", img, tag="1")
     fake.rate = 16 << 20
     data = tmp_path / "data"
@@ -430,9 +422,7 @@ def test_interrupted_run_resumes_where_it_stopped(fake, tmp_path):
     for line in proc.stdout:
         if line.startswith(f"fetching {big.digest}"):
             break
-    deadline = time.time() + 30
-    while fake.sent < (12 << 20) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: fake.sent >= (12 << 20), 30, "the upstream to have sent 12 MiB of the big layer", 0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert fake.sent < len(big.blob), "the copy finished before it could be interrupted"
@@ -505,6 +495,8 @@ def test_pull_through_miss_hit_revalidate_and_upstream_down(fake, berth_factory)
             assert g.status_code == 200 and g.content == b
     # After the TTL: one HEAD, no GET; within the TTL: no upstream request at all.
     heads, gets = fake.count("HEAD", "/manifests/ltsc"), fake.count("GET", "/manifests/")
+    # Not a wait: the 2 s tag TTL must run out (time passing is what is under test here and below);
+    # nothing outside berth shows it ran out but the upstream request the next pull makes.
     time.sleep(2.2)
     assert get_manifest(c, "cache/windows/nanoserver", "ltsc").content == body
     assert fake.count("HEAD", "/manifests/ltsc") == heads + 1
@@ -515,11 +507,11 @@ def test_pull_through_miss_hit_revalidate_and_upstream_down(fake, berth_factory)
     # The tag moves upstream: the cache follows after the TTL.
     newer = wi.linux_image("arm64", fmt="docker", layers=1)
     fake.put_image("windows/nanoserver", newer, tag="ltsc")
-    time.sleep(2.2)
+    time.sleep(2.2)  # the TTL runs out (see above)
     assert get_manifest(c, "cache/windows/nanoserver", "ltsc").content == newer.manifest
     # Upstream down: the cached copy is served.
     fake.stop()
-    time.sleep(2.2)
+    time.sleep(2.2)  # the TTL runs out (see above): the revalidation finds the upstream down
     assert get_manifest(c, "cache/windows/nanoserver", "ltsc").content == newer.manifest
     d, b = next(iter(imgs[0].blobs().items()))
     assert c.get(f"/v2/cache/windows/nanoserver/blobs/{d}").content == b
@@ -545,7 +537,7 @@ def test_pull_through_passes_429_with_retry_after(fake, berth_factory):
     fake.status = None
     assert get_manifest(c, "cache/library/busybox", "1").content == img.manifest
     fake.status = 429
-    time.sleep(1.2)
+    time.sleep(1.2)  # not a wait: the 1 s TTL must run out so that the next pull revalidates (and gets 429)
     assert get_manifest(c, "cache/library/busybox", "1").content == img.manifest
 
 
@@ -563,10 +555,10 @@ def test_pull_through_streams_a_blob_miss_and_keeps_it_when_the_client_hangs_up(
     next(r.iter_content(1 << 16))
     assert time.time() - t < 1.5, "the first bytes waited for the whole download"
     r.close()                                  # the client hangs up; the copy goes on
-    deadline = time.time() + 30
-    while fake.sent < len(blob) and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    wait_for(lambda: fake.sent >= len(blob), 30, "the upstream to send the whole blob")
     fake.stop()
+    # with the upstream gone, only a kept copy can answer
+    wait_for(lambda: requests.head(f"{reg.url}/v2/cache/big/layer/blobs/{d}").status_code == 200, 10,
+             "berth to keep the blob it went on downloading after the client hung up")
     g = requests.get(f"{reg.url}/v2/cache/big/layer/blobs/{d}")
     assert g.status_code == 200 and g.content == blob

@@ -18,11 +18,13 @@ import pathlib
 import shutil
 import subprocess
 import tarfile
-import time
 import uuid
 
 import pytest
 import requests
+
+from conftest import require_busybox, require_tool
+from helpers import wait_for
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -30,13 +32,6 @@ DOCKER_V2S2 = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_V2S2, DOCKER_LIST])
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-
-
-def need(tool, hint):
-    exe = shutil.which(tool)
-    if exe is None:
-        pytest.fail(f"{tool} not found: {hint}")
-    return exe
 
 
 def run(args, timeout=300, check=True):
@@ -54,9 +49,7 @@ def sha(b):
 
 def write_layout(tmp_path, marker, tag="src"):
     """An OCI layout of a busybox-static rootfs with /marker holding `marker`."""
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(busybox):
-        pytest.fail("busybox not found: run tests/setup.sh (installs busybox-static)")
+    busybox = require_busybox()
     rootfs = tmp_path / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
     shutil.copy(busybox, rootfs / "bin" / "busybox")
@@ -104,8 +97,8 @@ def served_digest(berth, repo, ref):
 
 @pytest.fixture
 def podman(tmp_path):
-    exe = need("podman", "run tests/setup.sh (installs podman with apt)")
-    need("runc", "runc comes with docker.io: run tests/setup.sh")
+    exe = require_tool("podman", "run tests/setup.sh (installs podman with apt)")
+    require_tool("runc", "runc comes with docker.io: run tests/setup.sh")
     # short paths: podman's runroot holds sockets, which have a length limit
     base = pathlib.Path(f"/tmp/berth-podman-{uuid.uuid4().hex[:8]}")
     root, runroot = base / "root", base / "run"
@@ -151,8 +144,8 @@ def test_podman_push_pull_run(berth, tmp_path, podman):
 
 @pytest.fixture
 def containerd():
-    exe = need("containerd", "run tests/setup.sh (containerd comes with docker.io)")
-    ctr = need("ctr", "run tests/setup.sh (ctr comes with docker.io)")
+    exe = require_tool("containerd", "run tests/setup.sh (containerd comes with docker.io)")
+    ctr = require_tool("ctr", "run tests/setup.sh (ctr comes with docker.io)")
     base = pathlib.Path(f"/tmp/berth-ctrd-{uuid.uuid4().hex[:8]}")
     base.mkdir()
     sock = base / "containerd.sock"
@@ -163,16 +156,12 @@ def containerd():
                              str(base / "state"), "--address", str(sock)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 30
-        while True:
+        def ready():
             if proc.poll() is not None:
                 pytest.fail(f"containerd exited rc={proc.returncode}:\n{(base / 'containerd.log').read_text()}")
-            if sock.exists() and subprocess.run([ctr, "--address", str(sock), "version"],
-                                                capture_output=True, timeout=10).returncode == 0:
-                break
-            if time.time() > deadline:
-                pytest.fail(f"containerd not ready:\n{(base / 'containerd.log').read_text()}")
-            time.sleep(0.1)
+            return sock.exists() and subprocess.run([ctr, "--address", str(sock), "version"],
+                                                    capture_output=True, timeout=10).returncode == 0
+        wait_for(ready, 30, lambda: f"containerd to be ready:\n{(base / 'containerd.log').read_text()}")
         yield [ctr, "--address", str(sock)]
     finally:
         proc.terminate()
@@ -190,7 +179,7 @@ def containerd():
 
 
 def test_ctr_pull_and_push(berth, tmp_path, containerd):
-    skopeo = need("skopeo", "run tests/setup.sh (installs skopeo with apt)")
+    skopeo = require_tool("skopeo", "run tests/setup.sh (installs skopeo with apt)")
     ctr = containerd
     layout, tag = write_layout(tmp_path, "ctr-marker-" + uuid.uuid4().hex)
     ref = f"{berth.addr}/e2e/ctr:v1"

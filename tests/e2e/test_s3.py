@@ -10,7 +10,6 @@ blob pushed in small PATCHes proves berth buffers chunks into full parts.
 import hashlib
 import os
 import subprocess
-import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -19,8 +18,8 @@ import requests
 
 import conftest
 from conftest import BERTH_BIN
-from helpers import Client, assert_error, digest, uniq
-from test_docker import build_image, docker_ok, image_id, image_layers, images, push, push_digest, run  # noqa: F401
+from helpers import Client, assert_error, digest, uniq, wait_for
+from test_docker import build_image, image_id, image_layers, images, push, push_digest, run  # noqa: F401
 
 MIB = 1 << 20
 PART = 5 * MIB
@@ -334,24 +333,21 @@ def test_patch_cut_after_parts_were_sent_is_all_or_nothing(berth_factory, endpoi
     s = socket.create_connection((host, int(port)), timeout=10)
     try:
         s.sendall(head + blob[1000:1000 + 11 * MIB])
-        deadline = time.time() + 10
-        sent = []
-        while time.time() < deadline and len(sent) < 2:
+        def two_parts():
             ups = pending(s3, bucket)
-            if ups:
-                sent = s3.list_parts(Bucket=bucket, Key=ups[0]["Key"], UploadId=ups[0]["UploadId"]).get("Parts", [])
-            time.sleep(0.2)
+            ps = s3.list_parts(Bucket=bucket, Key=ups[0]["Key"], UploadId=ups[0]["UploadId"]).get("Parts", []) \
+                if ups else []
+            return ps if len(ps) >= 2 else None
+        sent = wait_for(two_parts, 10, "two parts of the streamed PATCH to reach S3", 0.2)
         assert [p["Size"] for p in sent] == [PART, PART], sent
     finally:
         s.close()
-    deadline = time.time() + 10
-    while True:
+    def status_range():
         st = c.get(loc)
         assert st.status_code == 204, (st.status_code, st.text)
-        if st.headers["Range"] == "0-999":
-            break
-        assert time.time() < deadline, st.headers["Range"]
-        time.sleep(0.2)
+        return st.headers["Range"]
+    wait_for(lambda: status_range() == "0-999", 10,
+             lambda: f"the upload to fall back to its last whole chunk (Range {status_range()})", 0.2)
     d = chunked_push_from(c, loc, blob, 1000, 3 * MIB)
     r = c.get_blob(repo, d)
     assert r.status_code == 200 and r.content == blob
@@ -448,7 +444,7 @@ def test_kill9_keeps_every_acknowledged_blob_and_manifest(berth_factory, endpoin
     big = os.urandom(2 * PART + 3)
     blobs[chunked_push(c, repo, big, MIB)] = big
     img = c.push_image(repo, tag="v1", layers=2)
-    blobs.update(img.blobs)
+    blobs.update(img.blobs())
     b.kill9()
     b.restart()
     c = Client(b.url)
@@ -456,7 +452,7 @@ def test_kill9_keeps_every_acknowledged_blob_and_manifest(berth_factory, endpoin
         fetch(f"{b.url}/v2/{repo}/blobs/{d}", d, data)
     r = c.get(f"/v2/{repo}/manifests/v1", headers={"Accept": img.media_type})
     assert r.status_code == 200
-    assert r.content == img.body
+    assert r.content == img.manifest
     assert r.headers["Docker-Content-Digest"] == img.digest
     assert pending(s3, bucket) == []
 
@@ -476,11 +472,8 @@ def test_upload_left_by_killed_process_is_aborted_when_it_expires(berth_factory,
     b.kill9()
     b.env.update({"BERTH_UPLOADS__TTL_SECS": "1", "BERTH_UPLOADS__PURGE_INTERVAL_SECS": "1"})
     b.restart()
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        if pending(s3, bucket) == [] and f"exp/_uploads/{uid}" not in keys(s3, bucket):
-            break
-        time.sleep(0.5)
+    wait_for(lambda: pending(s3, bucket) == [] and f"exp/_uploads/{uid}" not in keys(s3, bucket), 20,
+             "the expiry purge to abort the killed process's multipart upload and remove its state", 0.5)
     assert pending(s3, bucket) == [], "the killed process's multipart upload was not aborted"
     objs = keys(s3, bucket)
     assert not [k for k in objs if "_uploads/" in k], objs
@@ -501,18 +494,15 @@ def test_monolithic_post_cut_by_kill9_is_aborted_at_restart(berth_factory, endpo
     s = socket.create_connection((host, int(port)), timeout=10)
     try:
         s.sendall(head + data[:2 * PART + 100])
-        deadline = time.time() + 10
-        while time.time() < deadline and not pending(s3, bucket):
-            time.sleep(0.2)
+        wait_for(lambda: pending(s3, bucket), 10, "the first part to be sent while the body streams", 0.2)
         assert len(pending(s3, bucket)) == 1, "the first part was not sent while the body streamed"
         assert [k for k in keys(s3, bucket) if k.startswith("sw/_uploads/")], keys(s3, bucket)
         b.kill9()
     finally:
         s.close()
     b.restart()
-    deadline = time.time() + 10
-    while time.time() < deadline and (pending(s3, bucket) or keys(s3, bucket)):
-        time.sleep(0.2)
+    wait_for(lambda: not pending(s3, bucket) and not keys(s3, bucket), 10,
+             "the restart's sweep to abort the dropped upload and remove every key", 0.2)
     assert pending(s3, bucket) == []
     assert keys(s3, bucket) == {}
     assert_error(Client(b.url).head(f"/v2/s3/sweep/blobs/{digest(data)}"), 404, "BLOB_UNKNOWN")

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import tarfile
 
@@ -91,14 +90,6 @@ PLATFORMS = [
     ({"architecture": "arm64", "os": "linux", "variant": "v8"}, 1),
     ({"architecture": "amd64", "os": "windows", "os.version": "10.0.20348.2527"}, 2),
 ]
-
-
-@pytest.fixture(scope="module")
-def skopeo():
-    exe = shutil.which("skopeo")
-    if exe is None:
-        pytest.fail("skopeo not found: run tests/setup.sh (installs it with apt)")
-    return exe
 
 
 def run(args, timeout=300):

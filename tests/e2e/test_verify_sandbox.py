@@ -27,10 +27,10 @@ import uuid
 
 import pytest
 
-from conftest import Berth
+from conftest import Berth, require_busybox
 from authkit import auth_config, add_user, create_robot
-from helpers import canon, digest, OCI_MANIFEST, OCI_CONFIG
-from test_verify import Verifier, Env, VERIFIER_BIN, BUSYBOX, OCI_LAYER_GZ, one_job
+from helpers import canon, digest, wait_for, OCI_MANIFEST, OCI_CONFIG
+from test_verify import Verifier, Env, VERIFIER_BIN, OCI_LAYER_GZ, one_job
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runc needs root; CI runs as root")
 
@@ -101,7 +101,7 @@ def base_layer(extra=None):
     def build(t):
         for x in ("bin", "etc", "tmp", "proc", "sys", "dev"):
             add_dir(t, x, 0o1777 if x == "tmp" else 0o755)
-        add_file(t, "bin/busybox", pathlib.Path(BUSYBOX).read_bytes(), 0o755)
+        add_file(t, "bin/busybox", pathlib.Path(require_busybox()).read_bytes(), 0o755)
         for a in APPLETS:
             add_link(t, f"bin/{a}", "busybox")
         add_file(t, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
@@ -247,7 +247,7 @@ def test_symlinked_work_dir_and_runtime_state_are_refused(env):
     link = b / "work-link"
     link.symlink_to(theirs)
     err = refused(env, link)
-    assert "symlink" in err or "owned by" in err, err
+    assert "is not a directory (a symlink or a file); refusing to use it" in err, err
     # A root-owned work dir with runtime-state planted as a link to the attacker's directory:
     # runc's state (which the start-up sweep acts on) must not live there.
     w = b / "work"
@@ -267,14 +267,11 @@ def test_setuid_root_binary_cannot_be_run_as_root_from_the_host(env):
     ref = "sbx/setuid:candidate"
     push_image(env, "sbx/setuid", "candidate", ["sh", "-c", "id -u; sleep 8"], layers=(layer,))
     # While the job runs, the attacker looks for the image's setuid binary on the host.
-    deadline = time.time() + 60
-    found = None
-    while time.time() < deadline and found is None:
-        for p in w.work_dir.glob("job-*/bundle/rootfs/bin/suid-id"):
-            found = p
-        time.sleep(0.2)
-    assert found is not None, "the job's rootfs never appeared"
-    time.sleep(1)   # unpacked and shifted
+    found = wait_for(lambda: next(w.work_dir.glob("job-*/bundle/rootfs/bin/suid-id"), None), 60,
+                     "the job's rootfs to appear", 0.2)
+    # unpacked and shifted: the container runs only after that
+    wait_for(lambda: subprocess.run(["runc", "--root", str(w.work_dir / "runtime-state"), "list", "-q"],
+                                    capture_output=True, text=True).stdout.strip(), 30, "the job's container to start")
     bundle = found.parents[2]
     st = os.lstat(found)
     assert st.st_uid == MAPPED_ROOT and st.st_mode & 0o4000, (st.st_uid, oct(st.st_mode))
@@ -328,7 +325,7 @@ def disk_watch(root):
                     except OSError:
                         pass
             peak[0] = max(peak[0], n)
-            time.sleep(0.02)
+            time.sleep(0.02)  # the sampling period of the disk-use probe, not a wait
 
     threading.Thread(target=run, daemon=True).start()
     return stop, peak
@@ -401,7 +398,7 @@ def test_memory_hog_is_killed_by_its_limit(env):
     job = job_of(env, "sbx/memhog:candidate")
     assert job["state"] == "failed", job
     assert "survived" not in job["log_tail"], job
-    assert job["exit_code"] in (137, 9) or "killed" in job["log_tail"].lower(), job
+    assert job["exit_code"] == 137, job   # 128 + SIGKILL, from the memory cgroup's OOM kill
     assert "timed out" not in job["message"], job
 
 
@@ -476,6 +473,7 @@ def test_requeue_keeps_the_last_result_until_the_new_one_arrives(env):
     assert p.returncode == 0 and "1 checks queued" in p.stdout, (p.stdout, p.stderr)
     st = env.status(f"{repo}:latest")
     chk = one_job(st)
+    # two answers by timing: a worker may claim the re-queued check before this look
     assert chk["state"] in ("queued", "running"), st
     assert chk["last_state"] == "passed" and chk["satisfied"], st
     assert st["ok"] and not st["complete"], st
@@ -562,7 +560,9 @@ def test_stalled_blob_download_fails_after_the_stall_timeout(env):
                             and "stalled" in one_job(s)["message"], timeout=60)
         assert time.time() - t0 < 40
         chk = one_job(st)
-        assert chk["state"] in ("queued", "error"), st   # error: retried
+        # two answers by timing: re-queued after a stall, or already out of attempts if the polls
+        # above missed the queued windows between the retries
+        assert chk["state"] in ("queued", "error"), st
     finally:
         for w in env.workers:
             w.stop()

@@ -8,12 +8,13 @@ A Windows image here looks like one from MCR as far as a registry can tell:
   `UtilityVM/Files/EFI/Microsoft/Boot/...`; entries carry `MSWINDOWS.fileattr` PAX records;
 - foreign (non-distributable) base layers can be described by `urls` instead of being pushed.
 
+Images and layers are helpers.Image / helpers.Layer (the one image builder of the e2e tests).
+
 JSON is written compactly in Go struct field order (as skopeo/docker serialise it), so an OCI layout
 written here survives `skopeo copy --all --preserve-digests` byte for byte.
 
 Nothing here asserts on berth's behaviour except that pushes the caller expects to succeed do.
 """
-import gzip
 import hashlib
 import io
 import json
@@ -21,6 +22,8 @@ import os
 import pathlib
 import tarfile
 import uuid
+
+from helpers import Image, Layer
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -120,66 +123,17 @@ def linux_layer_tar(arch, nonce, i):
     ])
 
 
-def gz(raw):
-    return gzip.compress(raw, mtime=0)
-
-
 # ---------------------------------------------------------------- images
 
-class Layer:
-    def __init__(self, raw, media_type, urls=None, push=True):
-        self.raw = raw                 # uncompressed tar
-        self.blob = gz(raw)            # what the registry stores
-        self.digest = sha256(self.blob)
-        self.diff_id = sha256(raw)
-        self.media_type = media_type
-        self.urls = urls
-        self.push = push               # False: a foreign layer the registry never receives
-
-    def descriptor(self):
-        d = {"mediaType": self.media_type, "digest": self.digest, "size": len(self.blob)}
-        if self.urls:
-            d["urls"] = list(self.urls)
-        return d
+def image(platform, config, layers, fmt):
+    """A helpers.Image in `fmt` ("docker" or "oci") media types, with the platform its index entry carries."""
+    _, man_type, cfg_type, _, _ = FORMATS[fmt]
+    return Image(config, layers, media_type=man_type, config_media_type=cfg_type, platform=platform)
 
 
-class Image:
-    """Config + layers + manifest, and the platform its index entry should carry."""
-
-    def __init__(self, platform, config, layers, fmt):
-        _, man_type, cfg_type, _, _ = FORMATS[fmt]
-        self.fmt = fmt
-        self.platform = platform
-        self.config_obj = config
-        self.config = gojson(config)
-        self.config_digest = sha256(self.config)
-        self.layers = layers
-        self.media_type = man_type
-        self.manifest_obj = {
-            "schemaVersion": 2,
-            "mediaType": man_type,
-            "config": {"mediaType": cfg_type, "digest": self.config_digest, "size": len(self.config)},
-            "layers": [l.descriptor() for l in layers],
-        }
-        self.manifest = gojson(self.manifest_obj)
-        self.digest = sha256(self.manifest)
-
-    @property
-    def size(self):
-        """Config plus layer sizes (what berth's inspect reports)."""
-        return len(self.config) + sum(len(l.blob) for l in self.layers)
-
-    def entry(self, platform=None):
-        """The index / manifest list entry for this image (platform defaults to the true one)."""
-        return {"mediaType": self.media_type, "digest": self.digest, "size": len(self.manifest),
-                "platform": dict(platform if platform is not None else self.platform)}
-
-    def blobs(self):
-        out = {self.config_digest: self.config}
-        for l in self.layers:
-            if l.push:
-                out[l.digest] = l.blob
-        return out
+def fmt_of(img):
+    """"docker" or "oci": the format an image (and a list over it) is written in."""
+    return "docker" if img.media_type == DOCKER_MANIFEST else "oci"
 
 
 def platform_dict(os_, arch, variant=None, os_version=None, os_features=None):
@@ -208,13 +162,13 @@ def windows_image(os_version, arch="amd64", features=("win32k",), fmt="docker", 
     ls = []
     base_raw = windows_base_layer_tar(os_version, nonce)
     if foreign_urls:
-        base = Layer(base_raw, foreign_type, push=push_foreign)
+        base = Layer.tar_gz(base_raw, foreign_type, push=push_foreign)
         base.urls = list(foreign_urls(base.digest) if callable(foreign_urls) else foreign_urls)
         ls.append(base)
     else:
-        ls.append(Layer(base_raw, layer_type))
+        ls.append(Layer.tar_gz(base_raw, layer_type))
     for i in range(1, layers):
-        ls.append(Layer(windows_update_layer_tar(os_version, nonce, i), layer_type))
+        ls.append(Layer.tar_gz(windows_update_layer_tar(os_version, nonce, i), layer_type))
     cfg_version = config_os_version if config_os_version is not None else os_version
     ids = [l.diff_id for l in ls]
     if diff_ids is not None:
@@ -235,13 +189,13 @@ def windows_image(os_version, arch="amd64", features=("win32k",), fmt="docker", 
         config["os.features"] = list(features)
     config["rootfs"] = {"type": "layers", "diff_ids": ids}
     plat = platform_dict("windows", arch, os_version=os_version, os_features=features)
-    return Image(plat, config, ls, fmt)
+    return image(plat, config, ls, fmt)
 
 
 def linux_image(arch="amd64", variant=None, fmt="docker", layers=2):
     _, _, _, layer_type, _ = FORMATS[fmt]
     nonce = uuid.uuid4().hex
-    ls = [Layer(linux_layer_tar(arch, nonce, i), layer_type) for i in range(layers)]
+    ls = [Layer.tar_gz(linux_layer_tar(arch, nonce, i), layer_type) for i in range(layers)]
     config = {"architecture": arch,
               "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
               "created": "2024-06-11T00:00:00Z",
@@ -249,7 +203,7 @@ def linux_image(arch="amd64", variant=None, fmt="docker", layers=2):
     if variant:
         config["variant"] = variant
     config["rootfs"] = {"type": "layers", "diff_ids": [l.diff_id for l in ls]}
-    return Image(platform_dict("linux", arch, variant=variant), config, ls, fmt)
+    return image(platform_dict("linux", arch, variant=variant), config, ls, fmt)
 
 
 def index_body(entries, fmt="docker", annotations=None):
@@ -276,13 +230,7 @@ def servercore_like(fmt="docker"):
 
 def push_image(client, repo, img, tag=None):
     """Pushes the image's blobs (foreign layers only if marked) and its manifest; returns the digest."""
-    for d, b in img.blobs().items():
-        client.push_blob(repo, b)
-    ref = tag if tag is not None else img.digest
-    r = client.put_manifest(repo, ref, img.manifest, img.media_type)
-    assert r.status_code == 201, (r.status_code, r.text)
-    assert r.headers.get("Docker-Content-Digest") == img.digest
-    return img.digest
+    return client.push(repo, img, tag)
 
 
 def push_images(client, repo, imgs):
