@@ -4,11 +4,11 @@
 
 use crate::config::AuthConfig;
 use crate::error::{ApiError, Refusal};
-use axum::http::{header, Extensions, HeaderMap, StatusCode};
+use axum::http::{header, Extensions, HeaderMap};
 use base64::Engine;
 use berth_auth::scope::covers;
 use berth_auth::{Action, Authorizer, Claims, KeySet, Principal};
-use berth_oci::{ErrorCode, RepoPattern};
+use berth_oci::RepoPattern;
 use berth_storage::meta::Meta;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -228,10 +228,11 @@ impl From<Refusal> for ApiError {
                 .detail(json!({"name": repo, "action": action.as_str()})),
             R::Denied(_) => ApiError::oci(C::Denied, msg),
             R::Conflict(_) => ApiError::oci(C::Denied, msg).status(StatusCode::CONFLICT),
-            R::TooManyFailedLogins { retry_after } => {
-                ApiError::oci(C::TooManyRequests, msg).header("retry-after", retry_after.to_string())
+            R::TooManyFailedLogins { retry_after } => ApiError::oci(C::TooManyRequests, msg)
+                .header("retry-after", retry_after.to_string()),
+            R::LoginsBusy => {
+                ApiError::oci(C::TooManyRequests, msg).header("retry-after", "1".into())
             }
-            R::LoginsBusy => ApiError::oci(C::TooManyRequests, msg).header("retry-after", "1".into()),
             R::NotFound(_) => ApiError::oci(C::NameUnknown, msg),
             R::TokenAuthDisabled => {
                 ApiError::oci(C::Unsupported, msg).status(StatusCode::NOT_FOUND)
@@ -295,10 +296,9 @@ impl From<CacheError> for ApiError {
                     None => e,
                 }
             }
+            CacheError::NotFoundUpstream => ApiError::oci(ErrorCode::ManifestUnknown, msg),
             // No spec code says "bad gateway"; UNKNOWN is what 5xx answers carry.
-            CacheError::Unavailable | CacheError::Failed => {
-                ApiError::Upstream(msg)
-            }
+            CacheError::Unavailable | CacheError::Failed => ApiError::Upstream(msg),
             CacheError::Registry(e) => e.into(),
         }
     }
@@ -375,11 +375,19 @@ impl IntoResponse for ApiError {
             }
             ApiError::StorageFull(e) => {
                 tracing::error!(error = format!("{e:#}"), "storage full");
-                json_response(StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN", "registry storage is full")
+                json_response(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "UNKNOWN",
+                    "registry storage is full",
+                )
             }
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
-                json_response(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "internal server error")
+                json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "internal server error",
+                )
             }
         }
     }
@@ -397,60 +405,206 @@ mod tests {
         vec![
             ("Refusal::NoEndpoint", r(Refusal::NoEndpoint)),
             ("Refusal::MethodNotAllowed", r(Refusal::MethodNotAllowed)),
-            ("Refusal::NameInvalid", r(Refusal::NameInvalid("invalid repository name \"A\"".into()))),
-            ("Refusal::DigestInvalid", r(Refusal::DigestInvalid("unsupported digest algorithm \"md5\"".into()))),
-            ("Refusal::TagInvalid", r(Refusal::TagInvalid("invalid tag \"-x\"".into()))),
-            ("Refusal::ReferenceUnknown", r(Refusal::ReferenceUnknown("invalid tag \"-x\"".into()))),
-            ("Refusal::BadRequest", r(Refusal::BadRequest("invalid page size n=-1".into()))),
-            ("Refusal::ManifestTooLarge", r(Refusal::ManifestTooLarge(4 << 20))),
-            ("Refusal::ManifestNotReceived", r(Refusal::ManifestNotReceived("connection reset".into()))),
-            ("Refusal::RangeNotSatisfiable", r(Refusal::RangeNotSatisfiable { total: 10 })),
-            ("Refusal::ContentRangeInvalid", r(Refusal::ContentRangeInvalid("Content-Range is not ASCII".into()))),
+            (
+                "Refusal::NameInvalid",
+                r(Refusal::NameInvalid("invalid repository name \"A\"".into())),
+            ),
+            (
+                "Refusal::DigestInvalid",
+                r(Refusal::DigestInvalid(
+                    "unsupported digest algorithm \"md5\"".into(),
+                )),
+            ),
+            (
+                "Refusal::TagInvalid",
+                r(Refusal::TagInvalid("invalid tag \"-x\"".into())),
+            ),
+            (
+                "Refusal::ReferenceUnknown",
+                r(Refusal::ReferenceUnknown("invalid tag \"-x\"".into())),
+            ),
+            (
+                "Refusal::BadRequest",
+                r(Refusal::BadRequest("invalid page size n=-1".into())),
+            ),
+            (
+                "Refusal::ManifestTooLarge",
+                r(Refusal::ManifestTooLarge(4 << 20)),
+            ),
+            (
+                "Refusal::ManifestNotReceived",
+                r(Refusal::ManifestNotReceived("connection reset".into())),
+            ),
+            (
+                "Refusal::RangeNotSatisfiable",
+                r(Refusal::RangeNotSatisfiable { total: 10 }),
+            ),
+            (
+                "Refusal::ContentRangeInvalid",
+                r(Refusal::ContentRangeInvalid(
+                    "Content-Range is not ASCII".into(),
+                )),
+            ),
             ("Refusal::UploadIdUnknown", r(Refusal::UploadIdUnknown)),
             ("Refusal::DigestRequired", r(Refusal::DigestRequired)),
-            ("Refusal::Unauthenticated", r(Refusal::Unauthenticated {
-                message: "authentication required",
-                challenge: "Bearer realm=\"https://r.example/auth/token\",service=\"berth\"".into(),
-            })),
-            ("Refusal::BadCredentials", r(Refusal::BadCredentials("invalid username or password"))),
-            ("Refusal::AccessDenied", r(Refusal::AccessDenied { repo: "team/app".into(), action: Action::Push })),
-            ("Refusal::Denied", r(Refusal::Denied("admin rights required".into()))),
-            ("Refusal::Conflict", r(Refusal::Conflict("mirror m is running".into()))),
-            ("Refusal::TooManyFailedLogins", r(Refusal::TooManyFailedLogins { retry_after: 30 })),
+            (
+                "Refusal::Unauthenticated",
+                r(Refusal::Unauthenticated {
+                    message: "authentication required",
+                    challenge: "Bearer realm=\"https://r.example/auth/token\",service=\"berth\""
+                        .into(),
+                }),
+            ),
+            (
+                "Refusal::BadCredentials",
+                r(Refusal::BadCredentials("invalid username or password")),
+            ),
+            (
+                "Refusal::AccessDenied",
+                r(Refusal::AccessDenied {
+                    repo: "team/app".into(),
+                    action: Action::Push,
+                }),
+            ),
+            (
+                "Refusal::Denied",
+                r(Refusal::Denied("admin rights required".into())),
+            ),
+            (
+                "Refusal::Conflict",
+                r(Refusal::Conflict("mirror m is running".into())),
+            ),
+            (
+                "Refusal::TooManyFailedLogins",
+                r(Refusal::TooManyFailedLogins { retry_after: 30 }),
+            ),
             ("Refusal::LoginsBusy", r(Refusal::LoginsBusy)),
             ("Refusal::NotFound", r(Refusal::NotFound("user bob".into()))),
             ("Refusal::TokenAuthDisabled", r(Refusal::TokenAuthDisabled)),
-            ("RegistryError::BlobUnknown", g(RegistryError::BlobUnknown(d.clone()))),
-            ("RegistryError::ManifestUnknown", g(RegistryError::ManifestUnknown("v1".into()))),
-            ("RegistryError::NameUnknown", g(RegistryError::NameUnknown("team/app".into()))),
-            ("RegistryError::UploadUnknown", g(RegistryError::UploadUnknown("0f9e".into()))),
-            ("RegistryError::DigestMismatch", g(RegistryError::DigestMismatch { want: d.clone(), got: Digest::sha256(b"y") })),
-            ("RegistryError::OutOfOrder", g(RegistryError::OutOfOrder { want: 5, got: 7 })),
-            ("RegistryError::OutOfOrder (empty)", g(RegistryError::OutOfOrder { want: 0, got: 7 })),
-            ("RegistryError::UploadInvalid", g(RegistryError::UploadInvalid("chunk not received: reset".into()))),
-            ("RegistryError::ManifestInvalid", g(RegistryError::ManifestInvalid("missing field `layers`".into()))),
-            ("RegistryError::ManifestBlobUnknown", g(RegistryError::ManifestBlobUnknown(d.clone()))),
-            ("RegistryError::ForeignLayerRefused", g(RegistryError::ForeignLayerRefused {
-                what: "layers[0]".into(),
-                digest: d.clone(),
-                why: "http://x/ is not https".into(),
-            })),
-            ("RegistryError::DeleteDisabled", g(RegistryError::DeleteDisabled)),
-            ("RegistryError::Unverified", g(RegistryError::Unverified {
-                what: "tag prod".into(),
-                missing: vec!["linux/amd64 process: missing".into()],
-            })),
-            ("RegistryError::NotFound", g(RegistryError::NotFound("job 7".into()))),
-            ("RegistryError::Forbidden", g(RegistryError::Forbidden("worker 1 belongs to another principal".into()))),
+            (
+                "RegistryError::BlobUnknown",
+                g(RegistryError::BlobUnknown(d.clone())),
+            ),
+            (
+                "RegistryError::ManifestUnknown",
+                g(RegistryError::ManifestUnknown("v1".into())),
+            ),
+            (
+                "RegistryError::NameUnknown",
+                g(RegistryError::NameUnknown("team/app".into())),
+            ),
+            (
+                "RegistryError::UploadUnknown",
+                g(RegistryError::UploadUnknown("0f9e".into())),
+            ),
+            (
+                "RegistryError::DigestMismatch",
+                g(RegistryError::DigestMismatch {
+                    want: d.clone(),
+                    got: Digest::sha256(b"y"),
+                }),
+            ),
+            (
+                "RegistryError::OutOfOrder",
+                g(RegistryError::OutOfOrder { want: 5, got: 7 }),
+            ),
+            (
+                "RegistryError::OutOfOrder (empty)",
+                g(RegistryError::OutOfOrder { want: 0, got: 7 }),
+            ),
+            (
+                "RegistryError::UploadInvalid",
+                g(RegistryError::UploadInvalid(
+                    "chunk not received: reset".into(),
+                )),
+            ),
+            (
+                "RegistryError::ManifestInvalid",
+                g(RegistryError::ManifestInvalid(
+                    "missing field `layers`".into(),
+                )),
+            ),
+            (
+                "RegistryError::ManifestBlobUnknown",
+                g(RegistryError::ManifestBlobUnknown(d.clone())),
+            ),
+            (
+                "RegistryError::ForeignLayerRefused",
+                g(RegistryError::ForeignLayerRefused {
+                    what: "layers[0]".into(),
+                    digest: d.clone(),
+                    why: "http://x/ is not https".into(),
+                }),
+            ),
+            (
+                "RegistryError::DeleteDisabled",
+                g(RegistryError::DeleteDisabled),
+            ),
+            (
+                "RegistryError::Unverified",
+                g(RegistryError::Unverified {
+                    what: "tag prod".into(),
+                    missing: vec!["linux/amd64 process: missing".into()],
+                }),
+            ),
+            (
+                "RegistryError::NotFound",
+                g(RegistryError::NotFound("job 7".into())),
+            ),
+            (
+                "RegistryError::Forbidden",
+                g(RegistryError::Forbidden(
+                    "worker 1 belongs to another principal".into(),
+                )),
+            ),
             ("RegistryError::LeaseLost", g(RegistryError::LeaseLost(7))),
-            ("RegistryError::RequestInvalid", g(RegistryError::RequestInvalid("worker offers no isolation mode".into()))),
-            ("RegistryError::Corrupt", g(RegistryError::Corrupt("stored worker registration: eof".into()))),
-            ("RegistryError::Storage", g(RegistryError::Storage(berth_storage::Error::NotFound))),
-            ("CacheError::RateLimited", ApiError::from(CacheError::RateLimited { retry_after: Some("7".into()) })),
-            ("CacheError::RateLimited (no Retry-After)", ApiError::from(CacheError::RateLimited { retry_after: None })),
-            ("CacheError::Unavailable", ApiError::from(CacheError::Unavailable)),
+            (
+                "RegistryError::RequestInvalid",
+                g(RegistryError::RequestInvalid(
+                    "worker offers no isolation mode".into(),
+                )),
+            ),
+            (
+                "RegistryError::Corrupt",
+                g(RegistryError::Corrupt(
+                    "stored worker registration: eof".into(),
+                )),
+            ),
+            (
+                "RegistryError::Storage",
+                g(RegistryError::Storage(berth_storage::Error::NotFound)),
+            ),
+            (
+                "RegistryError::Storage (disk full)",
+                g(RegistryError::Storage(berth_storage::Error::Io(
+                    std::io::Error::from(std::io::ErrorKind::StorageFull),
+                ))),
+            ),
+            (
+                "CacheError::RateLimited",
+                ApiError::from(CacheError::RateLimited {
+                    retry_after: Some("7".into()),
+                }),
+            ),
+            (
+                "CacheError::RateLimited (no Retry-After)",
+                ApiError::from(CacheError::RateLimited { retry_after: None }),
+            ),
+            (
+                "CacheError::NotFoundUpstream",
+                ApiError::from(CacheError::NotFoundUpstream),
+            ),
+            (
+                "CacheError::Unavailable",
+                ApiError::from(CacheError::Unavailable),
+            ),
             ("CacheError::Failed", ApiError::from(CacheError::Failed)),
-            ("CacheError::Registry", ApiError::from(CacheError::Registry(RegistryError::ManifestUnknown("not found upstream".into())))),
+            (
+                "CacheError::Registry",
+                ApiError::from(CacheError::Registry(RegistryError::ManifestUnknown(
+                    "not found upstream".into(),
+                ))),
+            ),
         ]
     }
 
@@ -475,7 +629,8 @@ mod tests {
     }
 
     /// The wire form of every error berth answers. Regenerate with
-    /// `BERTH_UPDATE_SNAPSHOTS=1 cargo test -p berth-server error::` and review the diff.
+    /// `BERTH_UPDATE_SNAPSHOTS=1 cargo test --release --workspace -- every_error_renders` and
+    /// review the diff.
     #[tokio::test]
     async fn every_error_renders_as_pinned() {
         let mut got = String::new();
@@ -522,7 +677,12 @@ mod tests {
         for i in 0..w.len().max(g.len()) {
             let (a, b) = (w.get(i).copied(), g.get(i).copied());
             if a != b {
-                out.push_str(&format!("line {}:\n- {}\n+ {}\n", i + 1, a.unwrap_or(""), b.unwrap_or("")));
+                out.push_str(&format!(
+                    "line {}:\n- {}\n+ {}\n",
+                    i + 1,
+                    a.unwrap_or(""),
+                    b.unwrap_or("")
+                ));
             }
         }
         out

@@ -273,7 +273,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg.mirrors.clone(),
             cfg.proxy.clone(),
         )
-            .context("setting up mirrors")?,
+        .context("setting up mirrors")?,
     );
     let scheduler = mirrors.spawn_scheduler(MIRROR_TICK);
     let app = app(AppState {

@@ -143,7 +143,12 @@ async fn open_local(t: &Target) -> anyhow::Result<(Arc<Mirrors>, berth_storage::
     }
     cfg.validate()?;
     let berth_server::Opened { registry, records } = berth_server::open(&cfg).await?;
-    let m = Mirrors::new(registry, records.clone(), cfg.mirrors.clone(), cfg.proxy.clone())?;
+    let m = Mirrors::new(
+        registry,
+        records.clone(),
+        cfg.mirrors.clone(),
+        cfg.proxy.clone(),
+    )?;
     Ok((Arc::new(m), records))
 }
 

@@ -51,6 +51,9 @@ pub enum CacheError {
         /// The upstream's `Retry-After`, passed on.
         retry_after: Option<String>,
     },
+    /// The upstream does not have it either.
+    #[error("not found upstream")]
+    NotFoundUpstream,
     /// The upstream cannot be reached (or answers 5xx).
     #[error("the upstream registry is unavailable")]
     Unavailable,
@@ -66,9 +69,7 @@ pub enum CacheError {
 fn cache_error(e: UpstreamError) -> CacheError {
     match e {
         UpstreamError::TooMany { retry_after } => CacheError::RateLimited { retry_after },
-        UpstreamError::NotFound => {
-            CacheError::Registry(RegistryError::ManifestUnknown("not found upstream".into()))
-        }
+        UpstreamError::NotFound => CacheError::NotFoundUpstream,
         UpstreamError::Unavailable(m) => {
             tracing::warn!(error = %m, "pull-through upstream unavailable");
             CacheError::Unavailable
@@ -105,7 +106,11 @@ impl Mirrors {
 
     /// Before a manifest GET/HEAD: makes the manifest present here if `repo` is under a cache
     /// prefix (fetching on a miss, revalidating a tag past its TTL). A no-op elsewhere.
-    pub async fn ensure_manifest(&self, repo: &str, reference: &Reference) -> Result<(), CacheError> {
+    pub async fn ensure_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<(), CacheError> {
         let Some((p, up_repo)) = self.proxy_for(repo) else {
             return Ok(());
         };
@@ -124,7 +129,11 @@ impl Mirrors {
             Reference::Tag(t) => {
                 let tag = t.as_str();
                 let local = reg.current_tag(repo, tag).await?;
-                let checked = self.records.proxy_tag(repo, tag).await.map_err(RegistryError::from)?;
+                let checked = self
+                    .records
+                    .proxy_tag(repo, tag)
+                    .await
+                    .map_err(RegistryError::from)?;
                 let now = berth_storage::now_secs();
                 if let (Some(l), Some((d, at))) = (&local, &checked) {
                     if d == l.as_str() && now - at < p.def.tag_ttl_secs as i64 {
@@ -181,8 +190,15 @@ impl Mirrors {
             sparse_index: true,
             missing_blobs: true,
         };
-        reg.put_manifest(repo, reference, m.media_type.as_deref(), &m.bytes, &[], mode)
-            .await?;
+        reg.put_manifest(
+            repo,
+            reference,
+            m.media_type.as_deref(),
+            &m.bytes,
+            &[],
+            mode,
+        )
+        .await?;
         if let Reference::Tag(t) = reference {
             self.records
                 .put_proxy_tag(repo, t.as_str(), m.digest.as_str())
@@ -208,9 +224,7 @@ impl Mirrors {
             return Ok(None);
         };
         let reg = &self.registry;
-        if !whole_get
-            || reg.has_blob(repo, digest).await?
-        {
+        if !whole_get || reg.has_blob(repo, digest).await? {
             return Ok(None);
         }
         let lock = self.fetches.lock_for(&format!("b {digest}"));
@@ -279,8 +293,7 @@ impl Mirrors {
             return Ok(());
         };
         let reg = &self.registry;
-        if reg.has_blob(repo, digest).await?
-        {
+        if reg.has_blob(repo, digest).await? {
             return Ok(());
         }
         let lock = self.fetches.lock_for(&format!("b {digest}"));

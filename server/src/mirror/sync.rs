@@ -176,7 +176,8 @@ impl Copier<'_> {
         );
         let before = local_tag.clone();
         let local = self.copy_manifest(src, dst, &m, &reference, true).await?;
-        self.records.put_mirror_tag(
+        self.records
+            .put_mirror_tag(
                 &self.def.name,
                 dst,
                 tag,
@@ -298,14 +299,8 @@ impl Copier<'_> {
                         Reference::Digest(digest.clone())
                     };
                     let exists = self.reg.manifest_exists(dst, &digest).await?;
-                    self.put(
-                        dst,
-                        &reference,
-                        &parsed.media_type,
-                        &bytes,
-                        PutMode::CLIENT,
-                    )
-                    .await?;
+                    self.put(dst, &reference, &parsed.media_type, &bytes, PutMode::CLIENT)
+                        .await?;
                     self.count_manifest(exists);
                     return Ok(digest);
                 }
@@ -542,12 +537,14 @@ impl Copier<'_> {
         let len = match self.reg.finish_upload(dst, id, &d.digest, None).await {
             Ok(n) => n,
             Err(e) => {
-                self.records.delete_mirror_upload(dst, d.digest.as_str())
+                self.records
+                    .delete_mirror_upload(dst, d.digest.as_str())
                     .await?;
                 return Err(e.into());
             }
         };
-        self.records.delete_mirror_upload(dst, d.digest.as_str())
+        self.records
+            .delete_mirror_upload(dst, d.digest.as_str())
             .await?;
         if len != size {
             return Err(SyncError::Invalid(format!(
@@ -561,7 +558,8 @@ impl Copier<'_> {
 
     async fn new_session(&self, dst: &str, digest: &Digest) -> Result<Uuid> {
         let st = self.reg.start_upload(dst).await?;
-        self.records.put_mirror_upload(dst, digest.as_str(), &st.id.to_string())
+        self.records
+            .put_mirror_upload(dst, digest.as_str(), &st.id.to_string())
             .await?;
         Ok(st.id)
     }

@@ -249,8 +249,7 @@ impl Registry {
         let m = self.manifest_at(repo, &digest, reference).await?;
         // By digest the client gets exactly those bytes, whatever it accepts (distribution
         // substitutes only for tags: it cannot return content that does not match a digest).
-        if !Self::is_index(&m) || accepts.is_empty() || matches!(reference, Reference::Digest(_))
-        {
+        if !Self::is_index(&m) || accepts.is_empty() || matches!(reference, Reference::Digest(_)) {
             return Ok(m);
         }
         let takes_list = accepts

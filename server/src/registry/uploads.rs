@@ -479,7 +479,9 @@ mod tests {
     use crate::registry::test_registry;
 
     fn chunk(bytes: &'static [u8]) -> Chunk {
-        Chunk::streamed(futures::stream::once(async move { Ok(bytes::Bytes::from_static(bytes)) }).boxed())
+        Chunk::streamed(
+            futures::stream::once(async move { Ok(bytes::Bytes::from_static(bytes)) }).boxed(),
+        )
     }
 
     /// Requests with made-up upload ids (or ids of another repository's session) are refused

@@ -104,8 +104,7 @@ impl Registry {
             ));
         }
         let id = worker_id(principal, &reg.name);
-        let text =
-            serde_json::to_string(reg).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let text = serde_json::to_string(reg).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         self.meta
             .put_worker(&id, principal, &text, &reg.platform, reg.simulated)
             .await?;
@@ -298,7 +297,9 @@ impl Registry {
                 let base = self.settings.verify.config().retry_backoff_secs;
                 let shift = u32::try_from(job.attempts.saturating_sub(1).clamp(0, 10)).unwrap_or(0);
                 let backoff = i64::try_from(base.saturating_mul(1 << shift)).unwrap_or(i64::MAX);
-                self.meta.retry_job(id, &rep.lease, backoff, &message).await?
+                self.meta
+                    .retry_job(id, &rep.lease, backoff, &message)
+                    .await?
             }
             JobState::Queued | JobState::Running => {
                 return Err(RegistryError::RequestInvalid(

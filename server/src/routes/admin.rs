@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_auth::authorizer::Rules;
 use berth_auth::{scope::covers, Access, Action, Principal};
-use berth_oci::ErrorCode;
 use serde::Deserialize;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -80,7 +79,7 @@ fn token_is_admin(token: &[Access]) -> bool {
 }
 
 /// The caller and what it may do; `None` when auth is off.
-pub(crate) struct Who {
+pub struct Who {
     pub(crate) principal: Option<Principal>,
     pub(crate) rules: Option<Rules>,
     /// A Bearer token's grant (`None`: Basic credentials or auth off).
@@ -181,7 +180,7 @@ impl FromRequestParts<AppState> for Who {
 
 /// A handler that takes `Admin` runs only for admins (see [`require_admin`]); anyone when
 /// auth is off.
-pub(crate) struct Admin;
+pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -229,10 +228,7 @@ pub(crate) fn not_found(what: &str) -> ApiError {
 }
 
 /// `GET /berth/v1/users`
-pub async fn list_users(
-    State(st): State<AppState>,
-    _admin: Admin,
-) -> Result<Response, ApiError> {
+pub async fn list_users(State(st): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
     let users = st.accounts.users().await?;
     let out: Vec<_> = users
         .into_iter()
@@ -307,10 +303,7 @@ pub async fn delete_user(
 }
 
 /// `GET /berth/v1/robots`
-pub async fn list_robots(
-    State(st): State<AppState>,
-    _admin: Admin,
-) -> Result<Response, ApiError> {
+pub async fn list_robots(State(st): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
     let out: Vec<_> = st
         .accounts
         .robots()

@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use berth_auth::Action;
 use berth_oci::platform::{ClientRule, Host, Isolation, Platform};
-use berth_oci::{ErrorCode, Reference, RepoName};
+use berth_oci::{Reference, RepoName};
 use serde::Deserialize;
 use std::net::SocketAddr;
 

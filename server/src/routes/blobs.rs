@@ -7,7 +7,7 @@ use crate::AppState;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use berth_oci::{Digest, ErrorCode, RepoName};
+use berth_oci::{Digest, RepoName};
 use berth_storage::blob::ByteRange;
 
 /// A `Range` header's meaning for a blob of `total` bytes (the rule is `berth_oci::range`).

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use berth_oci::{ErrorCode, RepoName};
+use berth_oci::RepoName;
 
 /// The most entries one page returns, whatever `n` asks.
 const MAX_PAGE: i64 = 10_000;
@@ -21,9 +21,7 @@ fn page_size(q: &[(String, String)]) -> Result<i64, ApiError> {
             .ok()
             .filter(|n| *n >= 0)
             .map(|n| n.min(MAX_PAGE))
-            .ok_or_else(|| {
-                Refusal::BadRequest(format!("invalid page size n={n}")).into()
-            }),
+            .ok_or_else(|| Refusal::BadRequest(format!("invalid page size n={n}")).into()),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::AppState;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use berth_oci::{ErrorCode, Reference, RepoName};
+use berth_oci::{Reference, RepoName};
 use http_body_util::BodyExt;
 
 /// GET or HEAD: the exact bytes, with the media type they were pushed with.
@@ -84,9 +84,7 @@ pub async fn put(
         {
             return Err(too_big())
         }
-        Err(e) => {
-            return Err(Refusal::ManifestNotReceived(e.to_string()).into())
-        }
+        Err(e) => return Err(Refusal::ManifestNotReceived(e.to_string()).into()),
     };
     let put = st
         .registry

@@ -7,14 +7,12 @@ use crate::mirror::def::MirrorDef;
 use crate::mirror::{DefError, Source};
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_oci::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 
 /// A definition as the API shows it: passwords hidden, with its source and last run.
 fn shown(def: &MirrorDef, source: Source, last: Option<Value>) -> Value {
@@ -31,9 +29,7 @@ fn shown(def: &MirrorDef, source: Source, last: Option<Value>) -> Value {
 fn def_error(e: DefError) -> ApiError {
     match e {
         DefError::Invalid(m) => bad(anyhow::anyhow!(m)),
-        DefError::FromConfig(_) => {
-            Refusal::Conflict(e.to_string()).into()
-        }
+        DefError::FromConfig(_) => Refusal::Conflict(e.to_string()).into(),
         DefError::Storage(e) => e.into(),
     }
 }
@@ -47,10 +43,7 @@ async fn last_run(st: &AppState, name: &str) -> Result<Option<Value>, ApiError> 
 }
 
 /// `GET /berth/v1/mirrors`
-pub async fn list(
-    State(st): State<AppState>,
-    _admin: Admin,
-) -> Result<Response, ApiError> {
+pub async fn list(State(st): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
     let mut out = Vec::new();
     for (d, src) in st.mirrors.list().await? {
         let last = last_run(&st, &d.name).await?;
@@ -138,9 +131,7 @@ pub async fn run(
             Json(json!({ "id": id, "mirror": name, "state": "running" })),
         )
             .into_response()),
-        Err(e) => {
-            Err(Refusal::Conflict(format!("{e:#}")).into())
-        }
+        Err(e) => Err(Refusal::Conflict(format!("{e:#}")).into()),
     }
 }
 

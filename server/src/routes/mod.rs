@@ -20,10 +20,10 @@ use crate::error::{ApiError, Refusal};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request};
 use axum::response::{IntoResponse, Response};
 use berth_auth::Action;
-use berth_oci::{Digest, ErrorCode, Reference, RepoName};
+use berth_oci::{Digest, Reference, RepoName};
 use uuid::Uuid;
 
 pub use catalog::catalog;
@@ -309,12 +309,10 @@ fn body_stream(req: Request<Body>) -> berth_storage::blob::ByteStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_oci::ErrorCode;
 
     fn code(r: Result<OciPath, ApiError>) -> Option<ErrorCode> {
-        match r {
-            Err(ApiError::Oci { code, .. }) => Some(code),
-            _ => None,
-        }
+        r.err().and_then(|e| e.code())
     }
 
     #[test]

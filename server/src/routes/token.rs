@@ -12,14 +12,13 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_auth::{Principal, Scope};
-use berth_oci::ErrorCode;
 use serde_json::json;
 use std::net::SocketAddr;
 
 fn auth_state(st: &AppState) -> Result<&AuthState, ApiError> {
-    st.auth.as_deref().ok_or_else(|| {
-        Refusal::TokenAuthDisabled.into()
-    })
+    st.auth
+        .as_deref()
+        .ok_or_else(|| Refusal::TokenAuthDisabled.into())
 }
 
 /// The key of a principal in the refresh-token table (`None`: anonymous gets none).
@@ -104,7 +103,9 @@ fn revoked() -> ApiError {
 
 fn check_service(a: &AuthState, service: Option<&str>) -> Result<(), ApiError> {
     match service {
-        Some(s) if !s.is_empty() && s != a.cfg.service => Err(Refusal::BadRequest(format!("unknown service {s:?}")).into()),
+        Some(s) if !s.is_empty() && s != a.cfg.service => {
+            Err(Refusal::BadRequest(format!("unknown service {s:?}")).into())
+        }
         _ => Ok(()),
     }
 }

@@ -2,14 +2,14 @@
 
 use super::{body_stream, content_length, digest, header_str, query_get, query_pairs, upload_id};
 use crate::auth::Caller;
-use crate::error::{ApiError, Refusal};
 use crate::error::upload_range;
+use crate::error::{ApiError, Refusal};
 use crate::registry::{Chunk, ChunkRange, UploadStatus};
 use crate::AppState;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use berth_oci::{ErrorCode, RepoName};
+use berth_oci::RepoName;
 
 fn upload_location(name: &RepoName, id: &uuid::Uuid) -> String {
     format!("/v2/{name}/blobs/uploads/{id}")
@@ -83,11 +83,7 @@ pub async fn start(
             }
         }
         let s = st.registry.start_upload(name.as_str()).await?;
-        return Ok(accepted_with(
-            &name,
-            s,
-            st.registry.chunk_min_length(),
-        ));
+        return Ok(accepted_with(&name, s, st.registry.chunk_min_length()));
     }
     if let Some(dg) = query_get(&q, "digest") {
         let d = digest(dg)?;
@@ -97,11 +93,7 @@ pub async fn start(
         return Ok(created(&name, &d));
     }
     let s = st.registry.start_upload(name.as_str()).await?;
-    Ok(accepted_with(
-        &name,
-        s,
-        st.registry.chunk_min_length(),
-    ))
+    Ok(accepted_with(&name, s, st.registry.chunk_min_length()))
 }
 
 /// GET: where the upload stands.

@@ -6,27 +6,24 @@
 //! repositories where they hold `verify`; people need `pull` to read results and `push` (or
 //! `verify`) to queue a verification.
 
-use super::admin::{bad, json_body, who, Who};
+use super::admin::{bad, json_body, Who};
 use crate::error::{ApiError, Refusal};
+use crate::registry::ClaimingWorker;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_auth::{Action, Principal};
-use berth_oci::platform::Platform;
 use berth_oci::worker_protocol::{
-    build_of, isolation_str, Assignment, ClaimRequest, Heartbeat, JobState, Report, Worker,
-    WorkerRegistration,
+    isolation_str, ClaimRequest, Heartbeat, JobState, Report, WorkerRegistration,
 };
-use berth_oci::{ErrorCode, Reference, RepoName};
-use crate::registry::ClaimingWorker;
+use berth_oci::{Reference, RepoName};
 use berth_storage::meta::JobRow;
 use serde::Deserialize;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A job as the API shows it.
@@ -82,10 +79,7 @@ pub async fn register(
 
 /// `GET /berth/v1/verify/workers`: every worker for admins, a principal's own workers for
 /// it; refused to anonymous callers.
-pub async fn workers(
-    State(st): State<AppState>,
-    who: Who,
-) -> Result<Response, ApiError> {
+pub async fn workers(State(st): State<AppState>, who: Who) -> Result<Response, ApiError> {
     if who.principal == Some(Principal::Anonymous) {
         return Err(Refusal::Denied("the worker list needs an authenticated caller".into()).into());
     }
