@@ -38,6 +38,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the spec's order.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::BlobUnknown,
+        ErrorCode::BlobUploadInvalid,
+        ErrorCode::BlobUploadUnknown,
+        ErrorCode::DigestInvalid,
+        ErrorCode::ManifestBlobUnknown,
+        ErrorCode::ManifestInvalid,
+        ErrorCode::ManifestUnknown,
+        ErrorCode::NameInvalid,
+        ErrorCode::NameUnknown,
+        ErrorCode::SizeInvalid,
+        ErrorCode::Unauthorized,
+        ErrorCode::Denied,
+        ErrorCode::Unsupported,
+        ErrorCode::TooManyRequests,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,22 +83,7 @@ mod tests {
 
     #[test]
     fn serde_matches_as_str() {
-        for c in [
-            ErrorCode::BlobUnknown,
-            ErrorCode::BlobUploadInvalid,
-            ErrorCode::BlobUploadUnknown,
-            ErrorCode::DigestInvalid,
-            ErrorCode::ManifestBlobUnknown,
-            ErrorCode::ManifestInvalid,
-            ErrorCode::ManifestUnknown,
-            ErrorCode::NameInvalid,
-            ErrorCode::NameUnknown,
-            ErrorCode::SizeInvalid,
-            ErrorCode::Unauthorized,
-            ErrorCode::Denied,
-            ErrorCode::Unsupported,
-            ErrorCode::TooManyRequests,
-        ] {
+        for c in ErrorCode::ALL {
             assert_eq!(
                 serde_json::to_string(&c).unwrap(),
                 format!("\"{}\"", c.as_str())

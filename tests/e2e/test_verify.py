@@ -146,7 +146,15 @@ class Verifier:
         env = dict(os.environ, RUST_LOG="info", **self.env)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
-        assert line.startswith("registered as worker "), (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+        if not line.startswith("registered as worker "):
+            # Closed stdout: the worker is exiting; wait for it so its stderr says why.
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            rc = self.proc.poll()
+            raise AssertionError(f"worker did not register (exit {rc}): {line!r}\n"
+                                 + (self.proc.stderr.read() if rc is not None else ""))
         self.id = line.split()[-1]
         threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
         threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()

@@ -274,18 +274,10 @@ impl Copier<'_> {
                     self.copy_child(src, dst, d).await?;
                 }
                 let filtered = keep.iter().any(|k| !*k);
-                if !filtered {
-                    self.put(
-                        dst,
-                        reference,
-                        &parsed.media_type,
-                        &m.bytes,
-                        PutMode::CLIENT,
-                    )
-                    .await?;
-                } else if self.sparse(dst) {
+                if !filtered || self.sparse(dst) {
+                    // Whole, or a sparse copy of the upstream's bytes (children left out).
                     let mode = PutMode {
-                        sparse_index: true,
+                        sparse_index: filtered,
                         ..PutMode::CLIENT
                     };
                     self.put(dst, reference, &parsed.media_type, &m.bytes, mode)

@@ -31,6 +31,22 @@ fn target(repo: &str, reference: &str) -> Result<(RepoName, Reference), ApiError
     Ok((name, r))
 }
 
+/// The repository and reference a query names, which the caller must be able to pull. The
+/// query is checked before the caller, as the registry routes check the path first.
+async fn pullable(
+    st: &AppState,
+    h: &HeaderMap,
+    peer: SocketAddr,
+    repository: &str,
+    reference: &str,
+) -> Result<(RepoName, Reference), ApiError> {
+    let (name, r) = target(repository, reference)?;
+    super::admin::who(st, h, peer)
+        .await?
+        .require(name.as_str(), Action::Pull)?;
+    Ok((name, r))
+}
+
 /// `GET /berth/v1/inspect?repository=R&reference=T`: the tag's variant table.
 /// Needs pull on the repository.
 pub async fn inspect(
@@ -40,10 +56,7 @@ pub async fn inspect(
     q: Result<Query<InspectQuery>, QueryRejection>,
 ) -> Result<Json<crate::registry::Inspection>, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
-    let (name, r) = target(&q.repository, &q.reference)?;
-    super::admin::who(&st, &h, peer)
-        .await?
-        .require(name.as_str(), Action::Pull)?;
+    let (name, r) = pullable(&st, &h, peer, &q.repository, &q.reference).await?;
     Ok(Json(st.registry.inspect(name.as_str(), &r).await?))
 }
 
@@ -71,10 +84,7 @@ pub async fn resolve(
     q: Result<Query<ResolveQuery>, QueryRejection>,
 ) -> Result<Json<crate::registry::ResolveAnswer>, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
-    let (name, r) = target(&q.repository, &q.reference)?;
-    super::admin::who(&st, &h, peer)
-        .await?
-        .require(name.as_str(), Action::Pull)?;
+    let (name, r) = pullable(&st, &h, peer, &q.repository, &q.reference).await?;
     let mut platform: Platform =
         q.platform
             .parse()
