@@ -28,13 +28,19 @@ pub fn verify(password: &str, phc: &str) -> bool {
     }
 }
 
-/// A new random secret for a robot account (32 bytes, base64url).
+/// A new random secret for a robot account (32 bytes, base64url). Never starts with `-`, which
+/// command lines would take for a flag (`docker login -p`, `berth-verifier --password`): such a
+/// draw is made again, which costs under 0.03 bits of the 256.
 pub fn new_secret() -> Result<String, String> {
-    let mut b = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| "no randomness".to_owned())?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    let rng = SystemRandom::new();
+    loop {
+        let mut b = [0u8; 32];
+        rng.fill(&mut b).map_err(|_| "no randomness".to_owned())?;
+        let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        if !s.starts_with('-') {
+            return Ok(s);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -49,5 +55,16 @@ mod tests {
         assert!(!verify("s3cret ", &h));
         assert!(!verify("s3cret", "not a hash"));
         assert_ne!(new_secret().unwrap(), new_secret().unwrap());
+    }
+
+    /// A secret is typed after `--password` / `-p` on command lines (docker login, berth,
+    /// berth-verifier): one starting with `-` would be taken for a flag (1 in 64 did).
+    #[test]
+    fn secrets_never_look_like_flags() {
+        for _ in 0..5000 {
+            let s = new_secret().unwrap();
+            assert!(!s.starts_with('-'), "{s}");
+            assert_eq!(s.len(), 43);
+        }
     }
 }
