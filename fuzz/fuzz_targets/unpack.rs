@@ -9,6 +9,9 @@
 //! would show), the file content under the root never exceeds the byte cap, an accepted layer
 //! set stays within the entry cap, and every refusal is an error, not a panic.
 //!
+//! A seed that is a whole tar (ustar magic) is one layer, under fixed caps. The parent
+//! directory is `$TMPDIR/berth-fuzz-unpack-<pid>`, removed at exit (or by the next run).
+//!
 //! When run as root (as here), each input is unpacked with the effective uid and gid of
 //! `nobody`: the unpacker then takes its unprivileged path (no chown), and an escape could
 //! not touch anything `nobody` cannot write.
@@ -106,11 +109,30 @@ const PAX_KEYS: &[&str] = &[
 ];
 
 /// The fixed parent directory (one per process): `outside/` and the per-input roots.
+static P: OnceLock<PathBuf> = OnceLock::new();
+
 fn parent() -> &'static Path {
-    static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!("berth-fuzz-unpack-{}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        // Parents of earlier runs that crashed (their process is gone).
+        for d in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("berth-fuzz-unpack-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = fs::remove_dir_all(d.path());
+                }
+            }
+        }
+        let p = tmp.join(format!("berth-fuzz-unpack-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
+        extern "C" fn cleanup() {
+            if let Some(p) = P.get() {
+                back_to_root();
+                let _ = fs::remove_dir_all(p);
+            }
+        }
+        // SAFETY: registers a plain function; libFuzzer leaves through exit().
+        unsafe { libc::atexit(cleanup) };
         as_nobody(|| {
             fs::create_dir_all(p.join("outside/dir")).expect("parent dir");
             fs::write(p.join("outside/secret"), b"host file").expect("outside file");
