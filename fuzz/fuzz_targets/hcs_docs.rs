@@ -35,7 +35,7 @@ struct L {
 impl L {
     fn layer(&self) -> Layer {
         let path = match &self.free_folder {
-            Some(f) if self.folder % 3 == 0 => f.clone(),
+            Some(f) if self.folder.is_multiple_of(3) => f.clone(),
             _ => FOLDERS[self.folder as usize % FOLDERS.len()].to_owned(),
         };
         match &self.free_id {
