@@ -98,3 +98,9 @@ tar_seed([("big", tf.REGTYPE, b"\0" * 9000)])
 # hcs_docs: its input is `arbitrary`-decoded, so any bytes decode; a few lengths of fixed noise.
 for n in (16, 64, 256, 1024, 4096):
     put("hcs_docs", hashlib.shake_256(b"berth hcs_docs %d" % n).digest(n))
+
+# scopes: token-request scope strings (auth/src/scope.rs).
+for s in ["repository:team/app:pull,push", "registry:catalog:*", "repository:a:pull repository:b:push",
+          "repository:mirror/host:5000/x:pull, delete ,admin", "repository::pull", "nonsense",
+          "repository:a:", "a:b:verify,,fly"]:
+    put("scopes", s)
