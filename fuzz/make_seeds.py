@@ -49,3 +49,58 @@ for s in ["library/alpine", "mirror/mcr.microsoft.com/windows/servercore", "a__b
 for s in ["windows/amd64:10.0.20348.2340", "linux/arm64/v8", "linux/arm/v7", "windows/amd64",
           "10.0.17763.5458|10.0.20348.1", "10.0.26100|10.0.26100.0", "linux/amd64:x"]:
     put("platform", s)
+
+
+# unpack: whole tars (one layer each; the target reads anything else as structured input).
+# The root is unpacked next to `outside/` (secret, dir/f, up -> ../outside), so `../outside/...`
+# aims out of it.
+def tar_seed(entries, fmt=None):
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt or tarfile.GNU_FORMAT) as t:
+        for name, kind, arg in entries:
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 1
+            ti.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+            data = b""
+            if kind == tarfile.REGTYPE:
+                data = arg or b""
+                ti.size = len(data)
+            elif kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                ti.linkname = arg
+            elif kind == "mode":
+                kind, ti.mode = tarfile.DIRTYPE, arg
+            ti.type = kind
+            t.addfile(ti, io.BytesIO(data) if data else None)
+    put("unpack", buf.getvalue())
+
+
+import tarfile as tf  # noqa: E402
+
+tar_seed([("etc/", tf.DIRTYPE, None), ("etc/a", tf.REGTYPE, b"1"), ("etc/b", tf.REGTYPE, b"2"),
+          ("etc/h", tf.LNKTYPE, "etc/a"), ("etc/s", tf.SYMTYPE, "a"), ("var/x", tf.REGTYPE, b"x")])
+tar_seed([("etc/.wh.a", tf.REGTYPE, b""), ("var/.wh..wh..opq", tf.REGTYPE, b""),
+          ("etc/.wh..", tf.REGTYPE, b""), ("dev/null", tf.CHRTYPE, None), ("p", tf.FIFOTYPE, None),
+          ("ro", "mode", 0o555), ("ro/f", tf.REGTYPE, b"in a read-only dir")])
+tar_seed([("../escape", tf.REGTYPE, b"x"), ("/abs/file", tf.REGTYPE, b"y"), ("./a/../../b", tf.REGTYPE, b"z")])
+tar_seed([("evil", tf.SYMTYPE, "../outside"), ("evil/file", tf.REGTYPE, b"through"),
+          ("evil2", tf.SYMTYPE, "../outside/secret"), ("evil2", tf.REGTYPE, b"over"),
+          ("h", tf.LNKTYPE, "../outside/secret"), ("h2", tf.LNKTYPE, "evil/secret")])
+tar_seed([("x", "mode", 0o6777), ("x", tf.SYMTYPE, "../outside/secret"),
+          ("up", tf.SYMTYPE, "/"), ("up/outside/new", tf.REGTYPE, b"abs")])
+tar_seed([("d/" * 70 + "long-name", tf.REGTYPE, b"gnu long name"),
+          ("l", tf.SYMTYPE, "../" * 40 + "outside/secret")])
+tar_seed([("p/" * 70 + "pax-name", tf.REGTYPE, b"pax"), ("pl", tf.SYMTYPE, "x" * 150)],
+         fmt=tf.PAX_FORMAT)
+tar_seed([("big", tf.REGTYPE, b"\0" * 9000)])
+
+# hcs_docs: its input is `arbitrary`-decoded, so any bytes decode; a few lengths of fixed noise.
+for n in (16, 64, 256, 1024, 4096):
+    put("hcs_docs", hashlib.shake_256(b"berth hcs_docs %d" % n).digest(n))
+
+# scopes: token-request scope strings (auth/src/scope.rs).
+for s in ["repository:team/app:pull,push", "registry:catalog:*", "repository:a:pull repository:b:push",
+          "repository:mirror/host:5000/x:pull, delete ,admin", "repository::pull", "nonsense",
+          "repository:a:", "a:b:verify,,fly"]:
+    put("scopes", s)
