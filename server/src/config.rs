@@ -35,6 +35,8 @@ pub struct Config {
     pub mirrors: Vec<crate::mirror::def::MirrorDef>,
     /// Pull-through caches (docs/MIRROR.md).
     pub proxy: Vec<crate::mirror::def::ProxyDef>,
+    /// Garbage collection (docs/LIFECYCLE.md).
+    pub gc: crate::registry::gc::GcConfig,
 }
 
 /// Access control (docs/AUTH.md).
@@ -146,6 +148,7 @@ impl Default for Config {
             verify: Default::default(),
             mirrors: vec![],
             proxy: vec![],
+            gc: Default::default(),
         }
     }
 }
@@ -313,6 +316,7 @@ impl Config {
         }
         crate::registry::policy::Policies::new(self.validation.clone())
             .map_err(|e| anyhow::anyhow!("invalid value for key \"validation\": {e}"))?;
+        self.gc.interval()?;
         crate::registry::verification::Policies::new(self.verify.clone())
             .map_err(|e| anyhow::anyhow!("invalid value for key \"verify\": {e}"))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {

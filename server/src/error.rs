@@ -275,6 +275,7 @@ impl From<RegistryError> for ApiError {
             E::NotFound(_) => ApiError::oci(C::NameUnknown, msg),
             E::Forbidden(_) => ApiError::oci(C::Denied, msg),
             E::LeaseLost(_) => ApiError::oci(C::Denied, msg).status(StatusCode::CONFLICT),
+            E::Conflict(_) => ApiError::oci(C::Denied, msg).status(StatusCode::CONFLICT),
             E::RequestInvalid(_) => {
                 ApiError::oci(C::Unsupported, msg).status(StatusCode::BAD_REQUEST)
             }
@@ -558,6 +559,12 @@ mod tests {
                 )),
             ),
             ("RegistryError::LeaseLost", g(RegistryError::LeaseLost(7))),
+            (
+                "RegistryError::Conflict",
+                g(RegistryError::Conflict(
+                    "garbage collection run 3 is in progress".into(),
+                )),
+            ),
             (
                 "RegistryError::RequestInvalid",
                 g(RegistryError::RequestInvalid(

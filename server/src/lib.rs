@@ -53,6 +53,11 @@ pub fn app(state: AppState) -> Router {
             get(routes::token::get_token).post(routes::token::post_token),
         )
         .route("/auth/jwks.json", get(routes::token::jwks))
+        .route(
+            "/berth/v1/gc/runs",
+            get(routes::gc::runs).post(routes::gc::start),
+        )
+        .route("/berth/v1/gc/runs/{id}", get(routes::gc::run))
         .route("/berth/v1/mirrors", get(routes::mirrors::list))
         .route(
             "/berth/v1/mirrors/{name}",
@@ -205,6 +210,7 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Opened> {
             .context("compiling validation rules")?,
         verify: registry::verification::Policies::new(cfg.verify.clone())
             .context("compiling verification policies")?,
+        gc: cfg.gc.clone(),
     };
     Ok(Opened {
         registry: Arc::new(Registry::new(store, meta.clone(), settings)),
@@ -276,6 +282,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("setting up mirrors")?,
     );
     let scheduler = mirrors.spawn_scheduler(MIRROR_TICK);
+    let gc_schedule = cfg
+        .gc
+        .interval()?
+        .map(|every| registry.spawn_gc_schedule(every));
     let app = app(AppState {
         registry: registry.clone(),
         auth,
@@ -315,6 +325,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     purger.abort();
     scheduler.abort();
+    if let Some(g) = gc_schedule {
+        g.abort();
+    }
     registry.close().await;
     tracing::info!("berth stopped");
     Ok(())

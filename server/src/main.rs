@@ -119,6 +119,18 @@ enum Command {
         #[command(subcommand)]
         op: MirrorOp,
     },
+    /// Collect garbage: manifests no tag reaches and blobs no manifest references, older
+    /// than the grace window (docs/LIFECYCLE.md). Safe while the registry serves.
+    Gc {
+        /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: cli::mirror::Target,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -460,6 +472,11 @@ fn main() -> ExitCode {
                 n,
             } => cli::client::run(cli::mirror::status(name.as_deref(), &target, json, n)),
         },
+        Command::Gc {
+            dry_run,
+            json,
+            target,
+        } => cli::client::run(cli::gc::run(&target, dry_run, json)),
         Command::CheckConfig { file } => match Config::load(Some(&file), false) {
             Ok(_) => {
                 println!("ok");

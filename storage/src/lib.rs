@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod blob;
+pub mod gc;
 pub mod meta;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -33,6 +34,16 @@ pub enum Error {
     /// Stored data that makes no sense (a bad digest in a row, say).
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
+    /// A manifest names a blob or child manifest the repository does not hold (checked in
+    /// the transaction that would commit it).
+    #[error("{0} is not in the repository")]
+    Missing(berth_oci::Digest),
+    /// A garbage-collection run is removing this blob's bytes; retry once it has.
+    #[error("blob {0} is being removed by garbage collection")]
+    Deleting(berth_oci::Digest),
+    /// Another process holds a lease (a GC run elsewhere).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl Error {

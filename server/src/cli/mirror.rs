@@ -152,14 +152,14 @@ async fn open_local(t: &Target) -> anyhow::Result<(Arc<Mirrors>, berth_storage::
     Ok((Arc::new(m), records))
 }
 
-struct Remote {
+pub(crate) struct Remote {
     base: reqwest::Url,
     http: reqwest::Client,
     user: Option<(String, String)>,
 }
 
 impl Remote {
-    fn new(t: &Target, base: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(t: &Target, base: &str) -> anyhow::Result<Self> {
         Ok(Self {
             base: reqwest::Url::parse(base).with_context(|| format!("--registry {base:?}"))?,
             http: reqwest::Client::new(),
@@ -170,9 +170,26 @@ impl Remote {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.send(method, path, None).await
+    }
+
+    /// A call with a JSON body.
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
         let url = self.base.join(path)?;
         let mut req = self.http.request(method, url.clone());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
         if let Some((u, p)) = &self.user {
             req = req.basic_auth(u, Some(p));
         }

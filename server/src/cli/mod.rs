@@ -3,5 +3,6 @@
 //! (`berth_server`) never uses these modules.
 
 pub mod client;
+pub mod gc;
 pub mod mirror;
 pub mod verify;

@@ -74,6 +74,9 @@ pub enum RegistryError {
     /// A verification worker reported on, or extended, a lease it no longer holds.
     #[error("job {0}: the lease is no longer yours (it expired and the job went to another worker, or it finished)")]
     LeaseLost(i64),
+    /// The operation conflicts with one in progress (a garbage collection run).
+    #[error("{0}")]
+    Conflict(String),
     /// A malformed berth API request (`/berth/v1/`).
     #[error("{0}")]
     RequestInvalid(String),

@@ -5,6 +5,7 @@
 
 mod cache;
 mod error;
+pub mod gc;
 mod platforms;
 pub mod policy;
 mod uploads;
@@ -38,6 +39,8 @@ pub struct Settings {
     pub policies: policy::Policies,
     /// Verification policies.
     pub verify: verification::Policies,
+    /// Garbage collection.
+    pub gc: gc::GcConfig,
 }
 
 /// The registry: blob store, metadata, caches and in-flight upload state. The store and the
@@ -54,6 +57,7 @@ pub struct Registry {
     pub verify_wake: tokio::sync::Notify,
     cache: Cache,
     uploads: uploads::Sessions,
+    gc: gc::GcState,
 }
 
 /// Result of a manifest PUT.
@@ -101,23 +105,33 @@ impl Registry {
             verify_wake: tokio::sync::Notify::new(),
             cache: Cache::new(),
             uploads: uploads::Sessions::default(),
+            gc: gc::GcState::default(),
         }
     }
 
     // === blobs ===
 
-    /// Size and location of a blob visible in `repo`.
+    /// Size and location of a blob visible in `repo`. A client told a blob is here may build
+    /// on it (push a manifest that references it without uploading it again), so a link older
+    /// than half the GC grace window is touched first: it then stays for another window.
     pub async fn blob(&self, repo: &str, digest: &Digest) -> Result<(u64, BlobRef)> {
-        let (size, location) = self
+        let unknown = || RegistryError::BlobUnknown(digest.clone());
+        let link = self
             .meta
-            .repo_blob(repo, digest)
+            .blob_link(repo, digest)
             .await?
-            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+            .ok_or_else(unknown)?;
+        let half = (self.settings.gc.grace_secs / 2) as i64;
+        if link.touched_at < berth_storage::now_secs() - half
+            && !self.meta.touch_link(repo, digest).await?
+        {
+            return Err(unknown());
+        }
         Ok((
-            size,
+            link.size,
             BlobRef {
                 digest: digest.clone(),
-                location,
+                location: link.location,
             },
         ))
     }
@@ -312,10 +326,19 @@ impl Registry {
             content: body,
             blobs: checked.blobs,
             children: checked.children,
+            absent_blobs: checked.absent_blobs,
+            absent_children: checked.absent_children,
             entries: checked.entries,
             findings: checked.findings.clone(),
         };
-        self.meta.put_manifest(repo, &new, &tags).await?;
+        match self.meta.put_manifest(repo, &new, &tags).await {
+            Ok(()) => {}
+            // Removed by garbage collection after the check above.
+            Err(berth_storage::Error::Missing(d)) => {
+                return Err(RegistryError::ManifestBlobUnknown(d))
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.cache.invalidate();
         tracing::info!(repo.name = repo, manifest.digest = %digest, tags = ?tags, "manifest stored");
         if manifest.subject.is_none() {
@@ -369,6 +392,8 @@ impl Registry {
                         // Foreign layers live elsewhere; served as pushed when present here.
                         if self.meta.repo_blob(repo, &d.digest).await?.is_some() {
                             out.blobs.push(d.digest.clone());
+                        } else {
+                            out.absent_blobs.push(d.digest.clone());
                         }
                         continue;
                     }
@@ -380,7 +405,10 @@ impl Registry {
                             2
                         }
                         // The pull-through cache stores manifests before their blobs.
-                        None if mode.missing_blobs => continue,
+                        None if mode.missing_blobs => {
+                            out.absent_blobs.push(d.digest.clone());
+                            continue;
+                        }
                         None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
                     };
                     if size != d.size as u64 {

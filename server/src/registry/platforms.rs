@@ -18,8 +18,14 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// What reference checking found, for the metadata.
 #[derive(Debug, Default)]
 pub struct Checked {
+    /// Blobs that are here (checked again when the manifest commits).
     pub blobs: Vec<Digest>,
+    /// Children that are here (checked again when the manifest commits).
     pub children: Vec<Digest>,
+    /// Referenced blobs allowed to be absent (cache, foreign layers): edges only.
+    pub absent_blobs: Vec<Digest>,
+    /// Children allowed to be absent (a sparse index): edges only.
+    pub absent_children: Vec<Digest>,
     pub entries: Vec<IndexEntry>,
     pub findings: Vec<Finding>,
 }
@@ -182,6 +188,7 @@ impl Registry {
             });
             let Some(child) = self.meta.manifest(repo, &d.digest).await? else {
                 if policy.sparse_index || mode.sparse_index {
+                    out.absent_children.push(d.digest.clone());
                     continue;
                 }
                 return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));

@@ -394,6 +394,7 @@ impl Registry {
         len: u64,
         row: Option<Uuid>,
     ) -> Result<()> {
+        self.reserve_blob(digest).await?;
         let location = self.store.commit(id, digest).await?;
         let recorded = self
             .meta

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 mod blobs;
 mod catalog;
+pub mod gc;
 mod manifests;
 pub mod mirrors;
 mod referrers;

@@ -15,6 +15,9 @@ use futures::stream::BoxStream;
 use std::io;
 use uuid::Uuid;
 
+/// The most keys one S3 DeleteObjects call takes.
+pub const DELETE_BATCH: usize = 1000;
+
 /// A stream of bytes, as request and response bodies are.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 
@@ -67,7 +70,16 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(None)
     }
     /// Removes a blob's bytes (garbage collection only; callers check nothing references it).
+    /// Absent blobs are not an error.
     async fn delete(&self, blob: &BlobRef) -> Result<()>;
+    /// Removes many blobs' bytes, as [`BlobStore::delete`] does each. S3 sends one
+    /// DeleteObjects per [`DELETE_BATCH`] keys.
+    async fn delete_many(&self, blobs: &[BlobRef]) -> Result<()> {
+        for b in blobs {
+            self.delete(b).await?;
+        }
+        Ok(())
+    }
     /// The smallest chunk worth sending, advertised as `OCI-Chunk-Min-Length`.
     fn chunk_min_length(&self) -> Option<u64> {
         None

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use berth_oci::{Digest, Hasher};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -345,6 +345,41 @@ impl BlobStore for S3Store {
 
     async fn delete(&self, blob: &BlobRef) -> Result<()> {
         self.delete_key(&self.key_of(blob)).await
+    }
+
+    async fn delete_many(&self, blobs: &[BlobRef]) -> Result<()> {
+        for batch in blobs.chunks(super::DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|b| ObjectIdentifier::builder().key(self.key_of(b)).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Io(io::Error::other(format!("S3 DeleteObjects: {e}"))))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::Io(io::Error::other(format!("S3 DeleteObjects: {e}"))))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.s.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| s3_err("DeleteObjects", e))?;
+            // Quiet mode lists only the keys that failed; an absent key is not one of them.
+            if let Some(e) = out.errors().first() {
+                return Err(Error::Io(io::Error::other(format!(
+                    "S3 DeleteObjects: {} of {} keys failed, first {}: {} {}",
+                    out.errors().len(),
+                    batch.len(),
+                    e.key().unwrap_or_default(),
+                    e.code().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                ))));
+            }
+        }
+        Ok(())
     }
 
     fn chunk_min_length(&self) -> Option<u64> {

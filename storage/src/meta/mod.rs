@@ -5,9 +5,11 @@
 //! share it. SQLite runs in WAL mode with one writer connection and a pool of readers.
 
 mod auth;
+mod gc;
 mod mirror;
 mod verify;
 pub use auth::{Permission, Robot, User};
+pub use gc::{BlobRow, Edge, GcRunRow, ManifestNode, RepoGraph};
 pub use mirror::{MirrorRun, MirrorTag, RunTotals};
 pub use verify::{ClaimFilter, Finish, Finished, JobRow, NewJob, WorkerRow};
 
@@ -61,10 +63,16 @@ pub struct NewManifest<'a> {
     pub annotations: Option<String>,
     /// The exact bytes.
     pub content: &'a [u8],
-    /// Blobs it references (config, layers); each gets linked to the repository.
+    /// Blobs it references (config, layers). Each must be linked to the repository when the
+    /// transaction commits, or the put fails with [`Error::Missing`].
     pub blobs: Vec<Digest>,
-    /// Manifests it references (index children).
+    /// Manifests it references (index children). Each must be in the repository.
     pub children: Vec<Digest>,
+    /// Blobs it references that need not be here yet (the pull-through cache stores
+    /// manifests before their blobs; foreign layers). Recorded as edges, not checked.
+    pub absent_blobs: Vec<Digest>,
+    /// Children that need not be here (a sparse index). Recorded as edges, not checked.
+    pub absent_children: Vec<Digest>,
     /// Index entries with their platforms.
     pub entries: Vec<IndexEntry>,
     /// Validation findings to keep with it.
@@ -103,6 +111,17 @@ pub struct Finding {
     pub kind: String,
     /// Human-readable message.
     pub message: String,
+}
+
+/// A blob as linked to one repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLink {
+    /// Size in bytes.
+    pub size: u64,
+    /// Where the bytes live, when not at the digest's place.
+    pub location: Option<String>,
+    /// When the link was last created or used by a push (Unix seconds).
+    pub touched_at: i64,
 }
 
 /// An upload session row.
@@ -245,26 +264,37 @@ impl Meta {
         location: Option<&str>,
     ) -> Result<Option<String>> {
         let mut tx = WriteTx::begin(&self.write).await?;
-        let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
         let now = now_secs();
-        sqlx::query("INSERT INTO blobs (digest, size, created_at, location) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING")
+        let existing = sqlx::query("SELECT location, deleting_at FROM blobs WHERE digest = $1")
             .bind(digest.as_str())
-            .bind(size as i64)
-            .bind(now)
-            .bind(location)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        let recorded: Option<String> =
-            sqlx::query_scalar("SELECT location FROM blobs WHERE digest = $1")
-                .bind(digest.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        sqlx::query("INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(repo_id)
-            .bind(digest.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let recorded = match existing {
+            Some(row) if row.get::<Option<i64>, _>(1).is_some() => {
+                tx.commit().await?;
+                return Err(Error::Deleting(digest.clone()));
+            }
+            Some(row) => {
+                sqlx::query("UPDATE blobs SET touched_at = $2 WHERE digest = $1")
+                    .bind(digest.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                row.get(0)
+            }
+            None => {
+                sqlx::query("INSERT INTO blobs (digest, size, created_at, location, touched_at) VALUES ($1, $2, $3, $4, $3)")
+                    .bind(digest.as_str())
+                    .bind(size as i64)
+                    .bind(now)
+                    .bind(location)
+                    .execute(&mut *tx)
+                    .await?;
+                location.map(str::to_owned)
+            }
+        };
+        let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
+        Self::link_tx(&mut tx, repo_id, digest, now).await?;
         if let Some(id) = upload {
             sqlx::query("DELETE FROM uploads WHERE id = $1")
                 .bind(id.to_string())
@@ -273,6 +303,50 @@ impl Meta {
         }
         tx.commit().await?;
         Ok(recorded)
+    }
+
+    /// Links (or re-touches the link of) a blob in a repository.
+    async fn link_tx(
+        tx: &mut sqlx::SqliteConnection,
+        repo_id: i64,
+        digest: &Digest,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, created_at, touched_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (repo_id, digest) DO UPDATE SET touched_at = excluded.touched_at",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Before a finished upload's bytes are put in place: touches the blob row so that no GC
+    /// run starts removing it for a grace window, or reports that one is removing it now
+    /// (`Some(since)`: the caller waits, see [`Meta::finish_deleting`]).
+    pub async fn reserve_blob(&self, digest: &Digest) -> Result<Option<i64>> {
+        let mut tx = WriteTx::begin(&self.write).await?;
+        let deleting: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT deleting_at FROM blobs WHERE digest = $1")
+                .bind(digest.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(Some(since)) = deleting {
+            tx.commit().await?;
+            return Ok(Some(since));
+        }
+        if deleting.is_some() {
+            sqlx::query("UPDATE blobs SET touched_at = $2 WHERE digest = $1")
+                .bind(digest.as_str())
+                .bind(now_secs())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(None)
     }
 
     /// Size and location of a blob anywhere in the registry.
@@ -303,25 +377,60 @@ impl Meta {
         Ok(row.map(|r| (r.get::<i64, _>(0) as u64, r.get(1))))
     }
 
-    /// Links an existing blob to `repo` (cross-repository mount). False if the blob is unknown.
+    /// Links an existing blob to `repo` (cross-repository mount). False if the blob is unknown
+    /// or being removed.
     pub async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
         let mut tx = WriteTx::begin(&self.write).await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
-            .bind(digest.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
+        let now = now_secs();
+        let touched = sqlx::query(
+            "UPDATE blobs SET touched_at = $2 WHERE digest = $1 AND deleting_at IS NULL",
+        )
+        .bind(digest.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if touched.rows_affected() == 0 {
+            tx.commit().await?;
             return Ok(false);
         }
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
-        sqlx::query("INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(repo_id)
-            .bind(digest.as_str())
-            .bind(now_secs())
-            .execute(&mut *tx)
-            .await?;
+        Self::link_tx(&mut tx, repo_id, digest, now).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// A blob linked to `repo`, with when the link was last touched.
+    pub async fn blob_link(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLink>> {
+        let row = sqlx::query(
+            "SELECT b.size, b.location, rb.touched_at FROM repo_blobs rb \
+             JOIN repositories r ON r.id = rb.repo_id \
+             JOIN blobs b ON b.digest = rb.digest \
+             WHERE r.name = $1 AND rb.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| BlobLink {
+            size: r.get::<i64, _>(0) as u64,
+            location: r.get(1),
+            touched_at: r.get(2),
+        }))
+    }
+
+    /// Marks a link as used now (a client was told the blob is there and may build on it).
+    /// False when the link is gone (a GC run removed it first).
+    pub async fn touch_link(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE repo_blobs SET touched_at = $3 WHERE digest = $2 \
+             AND repo_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repo)
+        .bind(digest.as_str())
+        .bind(now_secs())
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() > 0)
     }
 
     /// Unlinks a blob from `repo`. False if it was not linked.
@@ -348,9 +457,36 @@ impl Meta {
         let mut tx = WriteTx::begin(&self.write).await?;
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
         let now = now_secs();
+        // The references are checked here, under the write lock, so that no GC run can remove
+        // one between the check and the commit.
+        for d in &m.blobs {
+            let linked: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
+                    .bind(repo_id)
+                    .bind(d.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if linked.is_none() {
+                tx.commit().await?;
+                return Err(Error::Missing(d.clone()));
+            }
+        }
+        for d in &m.children {
+            let present: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo_id = $1 AND digest = $2")
+                    .bind(repo_id)
+                    .bind(d.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if present.is_none() {
+                tx.commit().await?;
+                return Err(Error::Missing(d.clone()));
+            }
+        }
         sqlx::query(
-            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (repo_id, digest) DO NOTHING",
+            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at, touched_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             ON CONFLICT (repo_id, digest) DO UPDATE SET touched_at = excluded.touched_at",
         )
         .bind(repo_id)
         .bind(m.digest.as_str())
@@ -363,7 +499,13 @@ impl Meta {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        for (kind, list) in [("blob", &m.blobs), ("manifest", &m.children)] {
+        let edges = [
+            ("blob", &m.blobs),
+            ("manifest", &m.children),
+            ("blob", &m.absent_blobs),
+            ("manifest", &m.absent_children),
+        ];
+        for (kind, list) in edges {
             for child in list {
                 sqlx::query(
                     "INSERT INTO manifest_refs (repo_id, parent, child, kind) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -724,6 +866,57 @@ impl Meta {
 mod tests {
     use super::*;
 
+    fn image<'a>(d: &'a Digest, content: &'a [u8], blobs: Vec<Digest>) -> NewManifest<'a> {
+        NewManifest {
+            digest: d,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+            content,
+            blobs,
+            children: vec![],
+            absent_blobs: vec![],
+            absent_children: vec![],
+            entries: vec![],
+            findings: vec![],
+        }
+    }
+
+    /// The registry checks a manifest's blobs before it commits; a GC run may remove a link
+    /// in between. The commit itself refuses a blob the repository does not link, so such a
+    /// manifest is never acknowledged.
+    #[tokio::test]
+    async fn a_manifest_commit_refuses_blobs_unlinked_since_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open_sqlite(&dir.path().join("m.db")).await.unwrap();
+        let blob = Digest::sha256(b"layer");
+        meta.commit_blob("a/b", &blob, 5, None, None).await.unwrap();
+        assert!(meta.unlink_blob("a/b", &blob).await.unwrap());
+        let content = br#"{"schemaVersion":2,"layers":[]}"#;
+        let d = Digest::sha256(content);
+        let err = meta
+            .put_manifest(
+                "a/b",
+                &image(&d, content, vec![blob.clone()]),
+                &["v1".into()],
+            )
+            .await
+            .expect_err("a manifest with an unlinked blob was committed");
+        assert!(matches!(err, Error::Missing(ref x) if *x == blob), "{err}");
+        assert!(!meta.manifest_exists("a/b", &d).await.unwrap());
+        assert!(meta.tag("a/b", "v1").await.unwrap().is_none());
+        // Absent blobs the caller allows (the pull-through cache) are edges, not checks.
+        let mut m = image(&d, content, vec![]);
+        m.absent_blobs = vec![blob.clone()];
+        meta.put_manifest("a/b", &m, &[]).await.unwrap();
+        let g = meta.gc_graph(1, "a/b").await.unwrap();
+        assert!(
+            g.edges.iter().any(|e| e.child == blob && !e.manifest),
+            "no edge"
+        );
+    }
+
     #[tokio::test]
     async fn manifest_and_tag_round_trip() {
         let dir = tempfile::tempdir().unwrap();
@@ -744,6 +937,8 @@ mod tests {
             content,
             blobs: vec![blob.clone()],
             children: vec![],
+            absent_blobs: vec![],
+            absent_children: vec![],
             entries: vec![],
             findings: vec![],
         };
