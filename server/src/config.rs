@@ -37,6 +37,8 @@ pub struct Config {
     pub proxy: Vec<crate::mirror::def::ProxyDef>,
     /// Garbage collection (docs/LIFECYCLE.md).
     pub gc: crate::registry::gc::GcConfig,
+    /// Byte quotas per repository pattern (`[[quotas]]`).
+    pub quotas: Vec<crate::registry::quota::QuotaDef>,
 }
 
 /// Access control (docs/AUTH.md).
@@ -149,6 +151,7 @@ impl Default for Config {
             mirrors: vec![],
             proxy: vec![],
             gc: Default::default(),
+            quotas: vec![],
         }
     }
 }
@@ -317,6 +320,7 @@ impl Config {
         crate::registry::policy::Policies::new(self.validation.clone())
             .map_err(|e| anyhow::anyhow!("invalid value for key \"validation\": {e}"))?;
         self.gc.interval()?;
+        crate::registry::quota::validate(&self.quotas)?;
         crate::registry::verification::Policies::new(self.verify.clone())
             .map_err(|e| anyhow::anyhow!("invalid value for key \"verify\": {e}"))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {

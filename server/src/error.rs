@@ -280,6 +280,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::oci(C::Unsupported, msg).status(StatusCode::BAD_REQUEST)
             }
             E::Corrupt(m) => ApiError::Internal(anyhow::anyhow!(m)),
+            E::Storage(berth_storage::Error::Quota { .. }) => ApiError::oci(C::Denied, msg),
             E::Storage(s) if s.is_storage_full() => ApiError::StorageFull(anyhow::Error::new(s)),
             E::Storage(s) => ApiError::Internal(anyhow::Error::new(s)),
         }

@@ -58,6 +58,8 @@ pub fn app(state: AppState) -> Router {
             get(routes::gc::runs).post(routes::gc::start),
         )
         .route("/berth/v1/gc/runs/{id}", get(routes::gc::run))
+        .route("/berth/v1/quotas", get(routes::quotas::list))
+        .route("/berth/v1/quotas/recount", post(routes::quotas::recount))
         .route("/berth/v1/mirrors", get(routes::mirrors::list))
         .route(
             "/berth/v1/mirrors/{name}",
@@ -202,6 +204,9 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Opened> {
     let meta = Meta::open_sqlite(&cfg.data_dir.join("berth.db"))
         .await
         .context("opening the metadata database")?;
+    meta.set_quotas(registry::quota::rules(&cfg.quotas))
+        .await
+        .context("counting quotas")?;
     let settings = Settings {
         delete_enabled: cfg.storage.delete_enabled,
         manifest_max_bytes: cfg.limits.manifest_max_bytes,

@@ -131,6 +131,11 @@ enum Command {
         #[command(flatten)]
         target: cli::mirror::Target,
     },
+    /// Byte quotas (`[[quotas]]`): usage, or a recount from the links (docs/LIFECYCLE.md).
+    Quota {
+        #[command(subcommand)]
+        op: QuotaOp,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -207,6 +212,30 @@ enum VerifyOp {
         /// How often to ask.
         #[arg(long, default_value = "2s")]
         interval: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaOp {
+    /// Each quota's limit and usage.
+    Status {
+        #[command(flatten)]
+        target: cli::mirror::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count every quota again from the blob links and show it beside the running counter;
+    /// exits 1 when one differs (unless --fix replaced it).
+    Recompute {
+        /// Replace a counter that differs by the recount.
+        #[arg(long)]
+        fix: bool,
+        #[command(flatten)]
+        target: cli::mirror::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -477,6 +506,12 @@ fn main() -> ExitCode {
             json,
             target,
         } => cli::client::run(cli::gc::run(&target, dry_run, json)),
+        Command::Quota { op } => match op {
+            QuotaOp::Status { target, json } => cli::client::run(cli::quota::status(&target, json)),
+            QuotaOp::Recompute { fix, target, json } => {
+                cli::client::run(cli::quota::recompute(&target, fix, json))
+            }
+        },
         Command::CheckConfig { file } => match Config::load(Some(&file), false) {
             Ok(_) => {
                 println!("ok");

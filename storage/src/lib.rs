@@ -44,6 +44,37 @@ pub enum Error {
     /// Another process holds a lease (a GC run elsewhere).
     #[error("{0}")]
     Busy(String),
+    /// Linking a blob (or committing a manifest) would take a namespace over its byte quota.
+    #[error(
+        "quota {pattern} exceeded: {used} of {limit} bytes are used ({} of {}); {what}",
+        human(*used), human(*limit)
+    )]
+    Quota {
+        /// The quota's repository pattern.
+        pattern: String,
+        /// Bytes counted against it now.
+        used: u64,
+        /// Its limit in bytes.
+        limit: u64,
+        /// What was refused and why: `blob sha256:... would add 12 MiB`.
+        what: String,
+    },
+}
+
+/// A byte count for people: `1.5 GiB`.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 impl Error {

@@ -5,4 +5,5 @@
 pub mod client;
 pub mod gc;
 pub mod mirror;
+pub mod quota;
 pub mod verify;

@@ -465,7 +465,7 @@ mod tests {
                             "push {p}-{i}: {d} lost after 201"
                         );
                     }
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         reg.delete_manifest(&repo, &r).await.expect("untag");
                     }
                 }

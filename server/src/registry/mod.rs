@@ -8,6 +8,7 @@ mod error;
 pub mod gc;
 mod platforms;
 pub mod policy;
+pub mod quota;
 mod uploads;
 pub mod verification;
 mod verify_queue;

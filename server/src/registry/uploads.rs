@@ -396,7 +396,7 @@ impl Registry {
     ) -> Result<()> {
         self.reserve_blob(digest).await?;
         let location = self.store.commit(id, digest).await?;
-        let recorded = self
+        let (recorded, linked) = self
             .meta
             .commit_blob(repo, digest, len, row, location.as_deref())
             .await?;
@@ -410,7 +410,7 @@ impl Registry {
                 tracing::warn!(blob.digest = %digest, error = %e, "duplicate upload not removed");
             }
         }
-        Ok(())
+        Ok(linked?)
     }
 
     /// Stores a small blob the registry itself knows the bytes of.

@@ -11,6 +11,7 @@ mod catalog;
 pub mod gc;
 mod manifests;
 pub mod mirrors;
+pub mod quotas;
 mod referrers;
 pub mod token;
 mod uploads;

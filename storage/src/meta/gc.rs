@@ -337,6 +337,10 @@ impl Meta {
         before: i64,
     ) -> Result<Vec<Digest>> {
         let mut tx = WriteTx::begin(&self.write).await?;
+        let repo: String = sqlx::query_scalar("SELECT name FROM repositories WHERE id = $1")
+            .bind(repo_id)
+            .fetch_one(&mut *tx)
+            .await?;
         let mut gone = Vec::new();
         for d in digests {
             let r = sqlx::query(
@@ -349,6 +353,7 @@ impl Meta {
             .execute(&mut *tx)
             .await?;
             if r.rows_affected() > 0 {
+                self.uncharge_tx(&mut tx, &repo, d).await?;
                 gone.push(d.clone());
             }
         }

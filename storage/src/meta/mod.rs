@@ -7,10 +7,12 @@
 mod auth;
 mod gc;
 mod mirror;
+mod quota;
 mod verify;
 pub use auth::{Permission, Robot, User};
 pub use gc::{BlobRow, Edge, GcRunRow, ManifestNode, RepoGraph};
 pub use mirror::{MirrorRun, MirrorTag, RunTotals};
+pub use quota::{QuotaRecount, QuotaRule, QuotaUsage};
 pub use verify::{ClaimFilter, Finish, Finished, JobRow, NewJob, WorkerRow};
 
 use crate::{now_secs, Error, Result};
@@ -19,6 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -198,6 +201,8 @@ impl std::ops::DerefMut for WriteTx {
 pub struct Meta {
     write: SqlitePool,
     read: SqlitePool,
+    /// The configured byte quotas (see [`Meta::set_quotas`]).
+    quotas: Arc<RwLock<Arc<Vec<QuotaRule>>>>,
 }
 
 fn digest_col(s: String) -> Result<Digest> {
@@ -226,7 +231,11 @@ impl Meta {
             .min_connections(1)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(Self { write, read })
+        Ok(Self {
+            write,
+            read,
+            quotas: Arc::default(),
+        })
     }
 
     /// Closes both pools, checkpointing the WAL.
@@ -253,8 +262,10 @@ impl Meta {
     // === blobs ===
 
     /// Records a committed blob and links it to `repo`; removes the upload row, if any.
-    /// Returns the blob as recorded: when another upload of the same digest got there first,
-    /// its location wins and the caller removes the bytes it just stored.
+    /// Returns the blob's location as recorded (when another upload of the same digest got
+    /// there first, its location wins and the caller removes the bytes it just stored), and
+    /// whether it was linked: the inner error is the quota the link would exceed (the blob
+    /// is then recorded unlinked, so GC collects it, and counts against nothing).
     pub async fn commit_blob(
         &self,
         repo: &str,
@@ -262,7 +273,7 @@ impl Meta {
         size: u64,
         upload: Option<Uuid>,
         location: Option<&str>,
-    ) -> Result<Option<String>> {
+    ) -> Result<(Option<String>, Result<(), Error>)> {
         let mut tx = WriteTx::begin(&self.write).await?;
         let now = now_secs();
         let existing = sqlx::query("SELECT location, deleting_at FROM blobs WHERE digest = $1")
@@ -294,7 +305,9 @@ impl Meta {
             }
         };
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
-        Self::link_tx(&mut tx, repo_id, digest, now).await?;
+        let linked = self
+            .link_tx(&mut tx, repo, repo_id, digest, size, now)
+            .await?;
         if let Some(id) = upload {
             sqlx::query("DELETE FROM uploads WHERE id = $1")
                 .bind(id.to_string())
@@ -302,16 +315,32 @@ impl Meta {
                 .await?;
         }
         tx.commit().await?;
-        Ok(recorded)
+        Ok((recorded, linked))
     }
 
-    /// Links (or re-touches the link of) a blob in a repository.
+    /// Links (or re-touches the link of) a blob in a repository. A new link is charged to
+    /// the quotas covering the repository; the inner error is the quota it would exceed
+    /// (nothing linked then).
     async fn link_tx(
+        &self,
         tx: &mut sqlx::SqliteConnection,
+        repo: &str,
         repo_id: i64,
         digest: &Digest,
+        size: u64,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<Result<(), Error>> {
+        let linked: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(digest.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if linked.is_none() {
+            if let Err(e) = self.charge_tx(tx, repo, digest, size).await? {
+                return Ok(Err(e));
+            }
+        }
         sqlx::query(
             "INSERT INTO repo_blobs (repo_id, digest, created_at, touched_at) VALUES ($1, $2, $3, $3) \
              ON CONFLICT (repo_id, digest) DO UPDATE SET touched_at = excluded.touched_at",
@@ -321,7 +350,7 @@ impl Meta {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Before a finished upload's bytes are put in place: touches the blob row so that no GC
@@ -382,20 +411,23 @@ impl Meta {
     pub async fn link_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
         let mut tx = WriteTx::begin(&self.write).await?;
         let now = now_secs();
-        let touched = sqlx::query(
-            "UPDATE blobs SET touched_at = $2 WHERE digest = $1 AND deleting_at IS NULL",
+        let size: Option<i64> = sqlx::query_scalar(
+            "UPDATE blobs SET touched_at = $2 WHERE digest = $1 AND deleting_at IS NULL RETURNING size",
         )
         .bind(digest.as_str())
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if touched.rows_affected() == 0 {
+        let Some(size) = size else {
             tx.commit().await?;
             return Ok(false);
-        }
+        };
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
-        Self::link_tx(&mut tx, repo_id, digest, now).await?;
+        let linked = self
+            .link_tx(&mut tx, repo, repo_id, digest, size as u64, now)
+            .await?;
         tx.commit().await?;
+        linked?;
         Ok(true)
     }
 
@@ -435,14 +467,20 @@ impl Meta {
 
     /// Unlinks a blob from `repo`. False if it was not linked.
     pub async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let mut tx = WriteTx::begin(&self.write).await?;
         let r = sqlx::query(
             "DELETE FROM repo_blobs WHERE digest = $2 AND repo_id = (SELECT id FROM repositories WHERE name = $1)",
         )
         .bind(repo)
         .bind(digest.as_str())
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() > 0)
+        let gone = r.rows_affected() > 0;
+        if gone {
+            self.uncharge_tx(&mut tx, repo, digest).await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
     }
 
     // === manifests ===
@@ -470,6 +508,13 @@ impl Meta {
                 tx.commit().await?;
                 return Err(Error::Missing(d.clone()));
             }
+        }
+        if let Err(e) = self
+            .over_quota_tx(&mut tx, repo, &format!("manifest {}", m.digest))
+            .await?
+        {
+            tx.commit().await?;
+            return Err(e);
         }
         for d in &m.children {
             let present: Option<i64> =
@@ -891,7 +936,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open_sqlite(&dir.path().join("m.db")).await.unwrap();
         let blob = Digest::sha256(b"layer");
-        meta.commit_blob("a/b", &blob, 5, None, None).await.unwrap();
+        meta.commit_blob("a/b", &blob, 5, None, None)
+            .await
+            .unwrap()
+            .1
+            .unwrap();
         assert!(meta.unlink_blob("a/b", &blob).await.unwrap());
         let content = br#"{"schemaVersion":2,"layers":[]}"#;
         let d = Digest::sha256(content);
@@ -922,7 +971,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open_sqlite(&dir.path().join("m.db")).await.unwrap();
         let blob = Digest::sha256(b"layer");
-        meta.commit_blob("a/b", &blob, 5, None, None).await.unwrap();
+        meta.commit_blob("a/b", &blob, 5, None, None)
+            .await
+            .unwrap()
+            .1
+            .unwrap();
         assert_eq!(meta.repo_blob("a/b", &blob).await.unwrap(), Some((5, None)));
         assert_eq!(meta.repo_blob("other", &blob).await.unwrap(), None);
         let content = br#"{"schemaVersion":2}"#;
