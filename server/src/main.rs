@@ -125,6 +125,10 @@ enum Command {
         /// Report what would be removed; remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also list the blob store for bytes no metadata row knows (left by a crash) and
+        /// remove those older than the grace window. Lists every object: run it rarely.
+        #[arg(long)]
+        orphans: bool,
         /// Print the whole report as JSON.
         #[arg(long)]
         json: bool,
@@ -503,9 +507,14 @@ fn main() -> ExitCode {
         },
         Command::Gc {
             dry_run,
+            orphans,
             json,
             target,
-        } => cli::client::run(cli::gc::run(&target, dry_run, json)),
+        } => cli::client::run(cli::gc::run(
+            &target,
+            berth_server::registry::gc::GcMode { dry_run, orphans },
+            json,
+        )),
         Command::Quota { op } => match op {
             QuotaOp::Status { target, json } => cli::client::run(cli::quota::status(&target, json)),
             QuotaOp::Recompute { fix, target, json } => {

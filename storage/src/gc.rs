@@ -20,7 +20,7 @@
 //! point leaves rows that are either untouched, deleted with everything that referenced them
 //! already gone, or marked `deleting`: the next run removes their bytes first.
 
-use crate::blob::{BlobRef, BlobStore, DELETE_BATCH};
+use crate::blob::{BlobRef, BlobStore, StoredObject, DELETE_BATCH};
 use crate::meta::{Meta, RepoGraph};
 use crate::{now_secs, Error, Result};
 use berth_oci::Digest;
@@ -46,6 +46,9 @@ pub struct Options {
     pub keep_untagged: bool,
     /// Report what would go; remove nothing.
     pub dry_run: bool,
+    /// Also list the blob store for bytes no metadata row knows (left by a crash) and
+    /// remove those older than the grace window: the orphan pass, the only listing GC does.
+    pub orphans: bool,
 }
 
 /// Where a run is, for progress bars.
@@ -60,6 +63,8 @@ pub enum Phase {
     Links,
     /// Removing blobs' bytes.
     Blobs,
+    /// Listing the store for orphans and removing them.
+    Orphans,
 }
 
 /// Progress: `done` of `total` in `phase`.
@@ -119,6 +124,25 @@ pub struct Report {
     pub blob_digests: Vec<String>,
     /// Per repository (only those with something removed).
     pub repositories: BTreeMap<String, RepoReport>,
+    /// The orphan pass, when asked for.
+    pub orphans: Option<OrphanReport>,
+}
+
+/// What the orphan pass found.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct OrphanReport {
+    /// Blob objects the store listed.
+    pub listed: u64,
+    /// Those no metadata row knows, older than the grace window.
+    pub found: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Removed (0 in a dry run).
+    pub removed: u64,
+    /// Unknown objects left because they are younger than the grace window.
+    pub young: u64,
+    /// The orphans (digests, or store locations), at most 10,000.
+    pub objects: Vec<String>,
 }
 
 /// What the mark phase decided for one repository.
@@ -376,6 +400,9 @@ impl<'a> Collector<'a> {
                 .take(LIST_LIMIT)
                 .map(|b| b.digest.to_string())
                 .collect();
+            if opts.orphans {
+                report.orphans = Some(self.orphans(cutoff, true, progress).await?);
+            }
             report.duration_ms = started.elapsed().as_millis() as u64;
             return Ok(report);
         }
@@ -460,8 +487,114 @@ impl<'a> Collector<'a> {
                 total,
             });
         }
+        if opts.orphans {
+            let o = self.orphans(cutoff, false, progress).await?;
+            report.bytes += o.bytes;
+            report.store_delete_calls += o.removed.div_ceil(DELETE_BATCH as u64);
+            report.orphans = Some(o);
+        }
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// The orphan pass: lists the store and removes objects no row knows, last modified
+    /// before `cutoff`. Digest-place orphans are first recorded as blobs being deleted, so a
+    /// push of the same bytes meanwhile waits as it does for a sweep; an object at a location
+    /// of its own (an S3 multipart upload's key) is kept while its upload is in progress.
+    async fn orphans(
+        &self,
+        cutoff: i64,
+        dry_run: bool,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<OrphanReport> {
+        self.renew().await?;
+        let listed = self.store.list_blobs().await?;
+        let known = self.meta.gc_known_objects().await?;
+        let mut r = OrphanReport {
+            listed: listed.len() as u64,
+            ..Default::default()
+        };
+        let mut found = Vec::new();
+        for o in listed {
+            let is_known = match (&o.digest, &o.location) {
+                (_, Some(l)) => {
+                    known.locations.contains(l)
+                        || l.rsplit('/')
+                            .next()
+                            .is_some_and(|id| known.uploads.contains(id))
+                }
+                (Some(d), None) => known.digests.contains(d.as_str()),
+                (None, None) => true,
+            };
+            if is_known {
+                continue;
+            }
+            if o.modified >= cutoff {
+                r.young += 1;
+                continue;
+            }
+            found.push(o);
+        }
+        r.found = found.len() as u64;
+        r.bytes = found.iter().map(|o| o.size).sum();
+        r.objects = found
+            .iter()
+            .take(LIST_LIMIT)
+            .map(|o| match (&o.digest, &o.location) {
+                (_, Some(l)) => l.clone(),
+                (Some(d), None) => d.to_string(),
+                (None, None) => String::new(),
+            })
+            .collect();
+        if dry_run {
+            return Ok(r);
+        }
+        let total = found.len() as u64;
+        let mut done = 0;
+        for batch in found.chunks(DELETE_BATCH) {
+            self.renew().await?;
+            let at_digest: Vec<(Digest, u64)> = batch
+                .iter()
+                .filter(|o| o.location.is_none())
+                .filter_map(|o| o.digest.clone().map(|d| (d, o.size)))
+                .collect();
+            let held: HashSet<Digest> = self
+                .meta
+                .gc_hold_orphans(&at_digest)
+                .await?
+                .into_iter()
+                .collect();
+            // Locations are re-checked against a fresh read: a row or an upload that
+            // appeared since the listing keeps its object.
+            let now_known = self.meta.gc_known_objects().await?;
+            let go: Vec<StoredObject> = batch
+                .iter()
+                .filter(|o| match (&o.digest, &o.location) {
+                    (_, Some(l)) => {
+                        !now_known.locations.contains(l)
+                            && !l
+                                .rsplit('/')
+                                .next()
+                                .is_some_and(|id| now_known.uploads.contains(id))
+                    }
+                    (Some(d), None) => held.contains(d),
+                    (None, None) => false,
+                })
+                .cloned()
+                .collect();
+            self.renew().await?;
+            self.store.delete_objects(&go).await?;
+            let held: Vec<Digest> = held.into_iter().collect();
+            self.meta.gc_forget_blobs(&held).await?;
+            r.removed += go.len() as u64;
+            done += batch.len() as u64;
+            progress(Progress {
+                phase: Phase::Orphans,
+                done,
+                total,
+            });
+        }
+        Ok(r)
     }
 
     /// Removes bytes of blobs marked `deleting`, re-checking first that the lease is still

@@ -175,8 +175,60 @@ pub async fn big_blob(s: &dyn BlobStore, len: usize) {
     assert_eq!(s.stat(&b).await.expect("stat"), None);
 }
 
+/// The orphan pass's listing: every committed blob, small (at its digest) and multipart (at
+/// a location of its own), with its size and a recent modification time; no upload in
+/// progress; and `delete_objects` removes what it is given.
+pub async fn lists_blobs(s: &dyn BlobStore, part: usize) {
+    let before = crate::now_secs() - 1;
+    let small = upload(s, &data(100, 41), 10, 2).await;
+    let large = upload(s, &data(part * 2 + 7, 42), part, 3).await;
+    let pending = Uuid::new_v4();
+    s.begin(pending).await.expect("begin");
+    let mut h = Hasher::new(Algorithm::Sha256);
+    s.append(pending, 0, stream_of(vec![data(part + 1, 43)]), &mut h)
+        .await
+        .expect("append");
+    let listed = s.list_blobs().await.expect("list");
+    let find = |b: &BlobRef| {
+        listed
+            .iter()
+            .find(|o| match &b.location {
+                Some(l) => o.location.as_ref() == Some(l),
+                None => o.location.is_none() && o.digest.as_ref() == Some(&b.digest),
+            })
+            .cloned()
+    };
+    for (b, len) in [(&small, 100), (&large, part * 2 + 7)] {
+        let o = find(b).unwrap_or_else(|| panic!("{b:?} not listed in {listed:?}"));
+        assert_eq!(o.size, len as u64, "{b:?}");
+        assert!(
+            o.modified >= before,
+            "{b:?} modified {} < {before}",
+            o.modified
+        );
+    }
+    assert!(
+        listed.iter().all(|o| o
+            .location
+            .as_deref()
+            .is_none_or(|l| !l.contains(&pending.to_string()))),
+        "an upload in progress was listed as a blob: {listed:?}"
+    );
+    let objs: Vec<_> = [&small, &large].iter().filter_map(|b| find(b)).collect();
+    s.delete_objects(&objs).await.expect("delete");
+    assert_eq!(s.stat(&small).await.expect("stat"), None);
+    assert_eq!(s.stat(&large).await.expect("stat"), None);
+    let after = s.list_blobs().await.expect("list");
+    assert!(
+        after.iter().all(|o| !objs.contains(o)),
+        "deleted objects still listed: {after:?}"
+    );
+    s.abort(pending).await.expect("abort");
+}
+
 /// Everything.
 pub async fn run_all(s: Arc<dyn BlobStore>, part: usize) {
+    lists_blobs(s.as_ref(), part).await;
     round_trips(s.as_ref()).await;
     odd_chunks(s.as_ref(), part).await;
     failures_and_abort(s.as_ref()).await;

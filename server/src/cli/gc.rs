@@ -5,6 +5,7 @@
 use super::mirror::{Remote, Target};
 use anyhow::Context;
 use berth_server::config::Config;
+use berth_server::registry::gc::GcMode;
 use berth_storage::gc::{Phase, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -17,6 +18,7 @@ fn phase_name(p: &str) -> &str {
         "manifests" => "removing manifests",
         "links" => "removing blob links",
         "blobs" => "removing blobs",
+        "orphans" => "removing orphans",
         other => other,
     }
 }
@@ -59,11 +61,13 @@ fn phase_str(p: Phase) -> &'static str {
         Phase::Manifests => "manifests",
         Phase::Links => "links",
         Phase::Blobs => "blobs",
+        Phase::Orphans => "orphans",
     }
 }
 
 /// `berth gc [--dry-run] [--json]`.
-pub async fn run(t: &Target, dry_run: bool, json: bool) -> anyhow::Result<bool> {
+pub async fn run(t: &Target, mode: GcMode, json: bool) -> anyhow::Result<bool> {
+    let dry_run = mode.dry_run;
     let bar = Bar::new();
     let (id, report) = match &t.registry {
         None => {
@@ -74,7 +78,7 @@ pub async fn run(t: &Target, dry_run: bool, json: bool) -> anyhow::Result<bool> 
             cfg.validate()?;
             let opened = berth_server::open(&cfg).await?;
             let progress = |p: Progress| bar.show(phase_str(p.phase), p.done, p.total);
-            let out = opened.registry.run_gc("cli", dry_run, &progress).await;
+            let out = opened.registry.run_gc("cli", mode, &progress).await;
             opened.registry.close().await;
             let (id, r) = out.map_err(|e| anyhow::anyhow!(e.to_string()))?;
             (id, serde_json::to_value(r)?)
@@ -85,7 +89,7 @@ pub async fn run(t: &Target, dry_run: bool, json: bool) -> anyhow::Result<bool> 
                 .send(
                     reqwest::Method::POST,
                     "/berth/v1/gc/runs",
-                    Some(&json!({ "dry_run": dry_run })),
+                    Some(&json!({ "dry_run": dry_run, "orphans": mode.orphans })),
                 )
                 .await?;
             let id = started["id"].as_i64().context("no run id in the answer")?;
@@ -143,6 +147,17 @@ fn summary(id: i64, r: &Value) {
         n("edges"),
         n("mark_ms"),
     );
+    if let Some(o) = r["orphans"].as_object() {
+        let m = |k: &str| o.get(k).and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "orphan pass: listed {} objects; {} unknown to the metadata and older than the grace window ({}), {} removed; {} unknown but younger, left",
+            m("listed"),
+            m("found"),
+            indicatif::HumanBytes(m("bytes")),
+            m("removed"),
+            m("young"),
+        );
+    }
     if n("resumed_blobs") > 0 {
         println!(
             "finished removing {} blobs an interrupted run had started on",

@@ -86,36 +86,44 @@ pub struct GcRun {
     pub report: Option<serde_json::Value>,
 }
 
+/// What a run does besides collecting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct GcMode {
+    /// Report what would go; remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Also list the store for bytes no metadata row knows (the orphan pass).
+    #[serde(default)]
+    pub orphans: bool,
+}
+
 /// How long a push waits for a GC run to finish removing a blob it re-uploads.
 const DELETING_WAIT: Duration = Duration::from_secs(60);
 
 impl Registry {
-    /// The collector options the settings give, with `dry_run`.
-    pub fn gc_options(&self, dry_run: bool) -> Options {
+    /// The collector options the settings give, for a run in `mode`.
+    pub fn gc_options(&self, mode: GcMode) -> Options {
         Options {
             grace_secs: self.settings.gc.grace_secs,
             keep_untagged: self.settings.gc.keep_untagged,
-            dry_run,
+            dry_run: mode.dry_run,
+            orphans: mode.orphans,
         }
     }
 
     /// Records a run and starts it in the background. Fails with a conflict when a run is in
     /// progress (here, or in another process holding the lease).
-    pub async fn start_gc(
-        self: &std::sync::Arc<Self>,
-        trigger: &str,
-        dry_run: bool,
-    ) -> Result<i64> {
+    pub async fn start_gc(self: &std::sync::Arc<Self>, trigger: &str, mode: GcMode) -> Result<i64> {
         if let Some(until) = self.meta.lease_held_until(berth_storage::gc::LEASE).await? {
             return Err(RegistryError::Conflict(format!(
                 "a garbage collection run is in progress (its lease runs for {} more seconds unless renewed)",
                 (until - berth_storage::now_secs()).max(0)
             )));
         }
-        let id = self.open_gc_run(trigger, dry_run).await?;
+        let id = self.open_gc_run(trigger, mode.dry_run).await?;
         let me = self.clone();
         tokio::spawn(async move {
-            let _ = me.execute_gc(id, dry_run, &|_| {}).await;
+            let _ = me.execute_gc(id, mode, &|_| {}).await;
         });
         Ok(id)
     }
@@ -125,11 +133,11 @@ impl Registry {
     pub async fn run_gc(
         &self,
         trigger: &str,
-        dry_run: bool,
+        mode: GcMode,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(i64, Report)> {
-        let id = self.open_gc_run(trigger, dry_run).await?;
-        let report = self.execute_gc(id, dry_run, progress).await?;
+        let id = self.open_gc_run(trigger, mode.dry_run).await?;
+        let report = self.execute_gc(id, mode, progress).await?;
         Ok((id, report))
     }
 
@@ -176,12 +184,12 @@ impl Registry {
     async fn execute_gc(
         &self,
         id: i64,
-        dry_run: bool,
+        mode: GcMode,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Report> {
         let holder = format!("{}:{}:run-{id}", hostname(), std::process::id());
         let collector = Collector::new(&self.meta, self.store.as_ref(), holder);
-        let opts = self.gc_options(dry_run);
+        let opts = self.gc_options(mode);
         let track = |p: Progress| {
             if let Some(l) = self
                 .gc
@@ -206,7 +214,7 @@ impl Registry {
                 self.meta.gc_run_finish(id, "succeeded", &json).await?;
                 tracing::info!(
                     gc.run = id,
-                    dry_run,
+                    dry_run = mode.dry_run,
                     manifests = report.manifests,
                     links = report.links,
                     blobs = report.blobs,
@@ -308,7 +316,7 @@ impl Registry {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = me.run_gc("schedule", false, &|_| {}).await {
+                if let Err(e) = me.run_gc("schedule", GcMode::default(), &|_| {}).await {
                     tracing::warn!(error = %e, "scheduled garbage collection did not run");
                 }
             }
@@ -400,7 +408,10 @@ mod tests {
                 let mut runs = 0u64;
                 let mut removed = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (_, r) = reg.run_gc("test", false, &|_| {}).await.expect("gc run");
+                    let (_, r) = reg
+                        .run_gc("test", GcMode::default(), &|_| {})
+                        .await
+                        .expect("gc run");
                     runs += 1;
                     removed += r.blobs;
                 }
@@ -512,7 +523,10 @@ mod tests {
             }
         }
         tokio::time::sleep(Duration::from_millis(3100)).await;
-        let (_, r) = reg.run_gc("test", false, &|_| {}).await.expect("final run");
+        let (_, r) = reg
+            .run_gc("test", GcMode::default(), &|_| {})
+            .await
+            .expect("final run");
         assert!(r.blobs > 0);
         let left: Vec<_> = walk(&dir.path().join("blobs"));
         assert!(left.is_empty(), "blob files left: {left:?}");
@@ -531,12 +545,18 @@ mod tests {
             .expect("upload");
         tokio::time::sleep(Duration::from_millis(3100)).await;
         reg.blob("team/a", &d).await.expect("HEAD finds it");
-        let (_, r) = reg.run_gc("test", false, &|_| {}).await.expect("gc");
+        let (_, r) = reg
+            .run_gc("test", GcMode::default(), &|_| {})
+            .await
+            .expect("gc");
         assert_eq!(r.links, 0, "the link seen by HEAD was collected: {r:?}");
         assert!(readable(&reg, "team/a", &d).await);
         // Left alone for a window, it goes.
         tokio::time::sleep(Duration::from_millis(3100)).await;
-        let (_, r) = reg.run_gc("test", false, &|_| {}).await.expect("gc");
+        let (_, r) = reg
+            .run_gc("test", GcMode::default(), &|_| {})
+            .await
+            .expect("gc");
         assert_eq!((r.links, r.blobs), (1, 1));
         assert!(reg.blob("team/a", &d).await.is_err());
     }
@@ -570,9 +590,88 @@ mod tests {
         );
         assert!(reg.meta.gc_deleting_blob(&d).await.expect("row").is_none());
         // And the next run keeps it: team/b links it.
-        let (_, r) = reg.run_gc("test", false, &|_| {}).await.expect("gc");
+        let (_, r) = reg
+            .run_gc("test", GcMode::default(), &|_| {})
+            .await
+            .expect("gc");
         assert_eq!(r.blobs, 0, "{r:?}");
         assert!(readable(&reg, "team/b", &d).await);
+    }
+
+    /// Bytes a crash left in the store (written, never recorded) are found only by the
+    /// orphan pass, and removed once older than the grace window; recorded blobs, young
+    /// orphans and uploads in progress stay; a dry run removes nothing.
+    #[tokio::test]
+    async fn the_orphan_pass_removes_old_bytes_no_row_knows_and_nothing_else() {
+        let (dir, reg) = registry(2).await;
+        let kept = b"a recorded layer".to_vec();
+        let kd = Digest::sha256(&kept);
+        reg.monolithic_upload("team/a", &kd, body(kept))
+            .await
+            .expect("upload");
+        let place = |d: &Digest| {
+            let hex = d.hex();
+            dir.path().join("blobs/sha256").join(&hex[..2]).join(hex)
+        };
+        let write = |bytes: &[u8], age_secs: u64| {
+            let d = Digest::sha256(bytes);
+            let p = place(&d);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+            let t = std::time::SystemTime::now() - Duration::from_secs(age_secs);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            d
+        };
+        let old = write(b"bytes a crash left behind", 3600);
+        let young = write(b"bytes being committed right now", 0);
+        let up = reg.start_upload("team/a").await.expect("upload session");
+        let _ = up;
+        let mode = GcMode {
+            dry_run: true,
+            orphans: true,
+        };
+        let (_, r) = reg.run_gc("test", mode, &|_| {}).await.expect("dry run");
+        let o = r.orphans.expect("orphan report");
+        assert_eq!(
+            (o.listed, o.found, o.removed, o.young),
+            (3, 1, 0, 1),
+            "{o:?}"
+        );
+        assert_eq!(o.objects, vec![old.to_string()]);
+        assert!(place(&old).exists());
+        let (_, r) = reg
+            .run_gc(
+                "test",
+                GcMode {
+                    dry_run: false,
+                    orphans: true,
+                },
+                &|_| {},
+            )
+            .await
+            .expect("run");
+        let o = r.orphans.expect("orphan report");
+        assert_eq!((o.found, o.removed), (1, 1), "{o:?}");
+        assert!(!place(&old).exists(), "the orphan is still there");
+        assert!(place(&young).exists(), "a young object was removed");
+        assert!(
+            readable(&reg, "team/a", &kd).await,
+            "a recorded blob was removed"
+        );
+        assert!(reg.meta.gc_deleting_blobs().await.expect("rows").is_empty());
+        // Without the flag, GC never lists the store.
+        let later = write(b"another crash", 3600);
+        let (_, r) = reg
+            .run_gc("test", GcMode::default(), &|_| {})
+            .await
+            .expect("run");
+        assert!(r.orphans.is_none());
+        assert!(place(&later).exists());
     }
 
     fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

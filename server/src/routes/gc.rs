@@ -12,12 +12,14 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-/// Body of `POST /berth/v1/gc/runs` (optional).
+/// Body of `POST /berth/v1/gc/runs` (optional): `{"dry_run": bool, "orphans": bool}`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    orphans: bool,
 }
 
 /// `POST /berth/v1/gc/runs`: starts a run now (202 with its id; 409 while one is running).
@@ -31,7 +33,11 @@ pub async fn start(
     } else {
         json_body(&body)?
     };
-    let id = st.registry.start_gc("api", b.dry_run).await?;
+    let mode = crate::registry::gc::GcMode {
+        dry_run: b.dry_run,
+        orphans: b.orphans,
+    };
+    let id = st.registry.start_gc("api", mode).await?;
     Ok((
         StatusCode::ACCEPTED,
         [(

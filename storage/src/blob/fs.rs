@@ -4,7 +4,7 @@
 //! Durability: an upload becomes a blob by fsync of the file, rename into place and fsync of
 //! the directory, so after a crash a blob path holds either nothing or the whole verified blob.
 
-use super::{BlobBody, BlobRef, BlobStore, ByteRange, ByteStream};
+use super::{BlobBody, BlobRef, BlobStore, ByteRange, ByteStream, StoredObject};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use berth_oci::{Digest, Hasher};
@@ -298,6 +298,9 @@ impl BlobStore for FsStore {
                 std::fs::remove_file(&from)?;
                 return Ok(None);
             }
+            // The orphan pass judges age by mtime: the bytes become a blob now, however
+            // long ago their last chunk arrived.
+            file.set_modified(std::time::SystemTime::now())?;
             if sync {
                 file.sync_all()?;
             }
@@ -333,6 +336,71 @@ impl BlobStore for FsStore {
             }
         }
         Ok(out)
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<StoredObject>> {
+        let root = self.root.join("blobs");
+        tokio::task::spawn_blocking(move || -> Result<Vec<StoredObject>> {
+            let mut out = Vec::new();
+            let read = |p: &Path| match std::fs::read_dir(p) {
+                Ok(rd) => Ok(Some(rd)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            };
+            // blobs/<algorithm>/<first two hex digits>/<hex>; anything else is not ours to
+            // judge and is left alone.
+            let Some(algs) = read(&root)? else {
+                return Ok(out);
+            };
+            for alg in algs {
+                let alg = alg?;
+                let Some(fans) = read(&alg.path())? else {
+                    continue;
+                };
+                for fan in fans {
+                    let Some(files) = read(&fan?.path())? else {
+                        continue;
+                    };
+                    for f in files {
+                        let f = f?;
+                        let name = format!(
+                            "{}:{}",
+                            alg.file_name().to_string_lossy(),
+                            f.file_name().to_string_lossy()
+                        );
+                        let Ok(digest) = name.parse::<Digest>() else {
+                            continue;
+                        };
+                        let m = f.metadata()?;
+                        if !m.is_file() {
+                            continue;
+                        }
+                        let modified = m
+                            .modified()?
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs() as i64);
+                        out.push(StoredObject {
+                            digest: Some(digest),
+                            location: None,
+                            size: m.len(),
+                            modified,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Io(io::Error::other(e)))?
+    }
+
+    async fn delete_objects(&self, objects: &[StoredObject]) -> Result<()> {
+        for o in objects {
+            if let Some(d) = &o.digest {
+                self.delete(&BlobRef::at_digest(d)).await?;
+            }
+        }
+        Ok(())
     }
 }
 

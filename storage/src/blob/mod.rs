@@ -57,6 +57,20 @@ impl BlobRef {
     }
 }
 
+/// A blob object as the store lists it, for the orphan pass of garbage collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The digest, when the object sits at a digest's own place.
+    pub digest: Option<Digest>,
+    /// The store-specific location, when it sits somewhere of its own (an S3 multipart
+    /// upload's key), as [`BlobStore::commit`] returned it.
+    pub location: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modified, Unix seconds.
+    pub modified: i64,
+}
+
 /// Where blob bytes live. Object-safe: the server holds an `Arc<dyn BlobStore>`.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
@@ -114,4 +128,10 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn abort(&self, id: Uuid) -> Result<()>;
     /// Every upload the store holds, for sweeping orphans after a crash.
     async fn list_uploads(&self) -> Result<Vec<Uuid>>;
+    /// Every blob object the store holds (not uploads in progress): the orphan pass's
+    /// listing, the only place garbage collection lists the store.
+    async fn list_blobs(&self) -> Result<Vec<StoredObject>>;
+    /// Removes listed objects (absent ones are not an error); S3 sends one DeleteObjects per
+    /// [`DELETE_BATCH`] keys.
+    async fn delete_objects(&self, objects: &[StoredObject]) -> Result<()>;
 }

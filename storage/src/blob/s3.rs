@@ -11,7 +11,7 @@
 //! The running part list and buffer live in memory: after a restart an S3 upload in progress
 //! is unknown (the client starts it again) and its parts are aborted when it expires.
 
-use super::{BlobBody, BlobRef, BlobStore, ByteRange, ByteStream};
+use super::{BlobBody, BlobRef, BlobStore, ByteRange, ByteStream, StoredObject};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -161,6 +161,42 @@ impl S3Store {
         b.location
             .clone()
             .unwrap_or_else(|| self.blob_key(&b.digest))
+    }
+
+    /// Removes keys with one DeleteObjects per [`super::DELETE_BATCH`].
+    async fn delete_keys(&self, keys: &[String]) -> Result<()> {
+        for batch in keys.chunks(super::DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Io(io::Error::other(format!("S3 DeleteObjects: {e}"))))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::Io(io::Error::other(format!("S3 DeleteObjects: {e}"))))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.s.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| s3_err("DeleteObjects", e))?;
+            // Quiet mode lists only the keys that failed; an absent key is not one of them.
+            if let Some(e) = out.errors().first() {
+                return Err(Error::Io(io::Error::other(format!(
+                    "S3 DeleteObjects: {} of {} keys failed, first {}: {} {}",
+                    out.errors().len(),
+                    batch.len(),
+                    e.key().unwrap_or_default(),
+                    e.code().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                ))));
+            }
+        }
+        Ok(())
     }
 
     fn marker_key(&self, id: Uuid) -> String {
@@ -348,38 +384,63 @@ impl BlobStore for S3Store {
     }
 
     async fn delete_many(&self, blobs: &[BlobRef]) -> Result<()> {
-        for batch in blobs.chunks(super::DELETE_BATCH) {
-            let objects = batch
-                .iter()
-                .map(|b| ObjectIdentifier::builder().key(self.key_of(b)).build())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::Io(io::Error::other(format!("S3 DeleteObjects: {e}"))))?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| Error::Io(io::Error::other(format!("S3 DeleteObjects: {e}"))))?;
-            let out = self
+        let keys: Vec<String> = blobs.iter().map(|b| self.key_of(b)).collect();
+        self.delete_keys(&keys).await
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<StoredObject>> {
+        let mut out = Vec::new();
+        for dir in ["blobs/", "objects/"] {
+            let prefix = format!("{}{dir}", self.prefix);
+            let mut pages = self
                 .client
-                .delete_objects()
+                .list_objects_v2()
                 .bucket(&self.s.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| s3_err("DeleteObjects", e))?;
-            // Quiet mode lists only the keys that failed; an absent key is not one of them.
-            if let Some(e) = out.errors().first() {
-                return Err(Error::Io(io::Error::other(format!(
-                    "S3 DeleteObjects: {} of {} keys failed, first {}: {} {}",
-                    out.errors().len(),
-                    batch.len(),
-                    e.key().unwrap_or_default(),
-                    e.code().unwrap_or_default(),
-                    e.message().unwrap_or_default()
-                ))));
+                .prefix(&prefix)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| s3_err("ListObjectsV2", e))?;
+                for o in page.contents() {
+                    let Some(key) = o.key() else { continue };
+                    let rest = key.get(prefix.len()..).unwrap_or_default();
+                    let (digest, location) = if dir == "blobs/" {
+                        // blobs/<algorithm>/<fan>/<hex>; anything else is left alone.
+                        let mut parts = rest.split('/');
+                        let (Some(alg), Some(_), Some(hex), None) =
+                            (parts.next(), parts.next(), parts.next(), parts.next())
+                        else {
+                            continue;
+                        };
+                        match format!("{alg}:{hex}").parse::<Digest>() {
+                            Ok(d) => (Some(d), None),
+                            Err(_) => continue,
+                        }
+                    } else {
+                        (None, Some(key.to_owned()))
+                    };
+                    out.push(StoredObject {
+                        digest,
+                        location,
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        modified: o.last_modified().map_or(0, |t| t.secs()),
+                    });
+                }
             }
         }
-        Ok(())
+        Ok(out)
+    }
+
+    async fn delete_objects(&self, objects: &[StoredObject]) -> Result<()> {
+        let keys: Vec<String> = objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .clone()
+                    .or_else(|| o.digest.as_ref().map(|d| self.blob_key(d)))
+            })
+            .collect();
+        self.delete_keys(&keys).await
     }
 
     fn chunk_min_length(&self) -> Option<u64> {

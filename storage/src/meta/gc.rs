@@ -68,6 +68,17 @@ pub struct BlobRow {
     pub touched_at: i64,
 }
 
+/// What the metadata knows of the blob store (the orphan pass).
+#[derive(Debug, Clone, Default)]
+pub struct KnownObjects {
+    /// Digests of blobs stored at their digest's place.
+    pub digests: std::collections::HashSet<String>,
+    /// Locations of blobs stored somewhere of their own.
+    pub locations: std::collections::HashSet<String>,
+    /// Ids of uploads in progress.
+    pub uploads: std::collections::HashSet<String>,
+}
+
 /// A GC run as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GcRunRow {
@@ -398,6 +409,55 @@ impl Meta {
         }
         tx.commit().await?;
         Ok(n)
+    }
+
+    // === the orphan pass ===
+
+    /// What the metadata knows of the store, for the orphan pass: digests of blobs at their
+    /// digest's place, recorded locations, and the ids of uploads in progress.
+    pub async fn gc_known_objects(&self) -> Result<KnownObjects> {
+        let mut tx = self.read.begin().await?;
+        let mut k = KnownObjects::default();
+        for row in sqlx::query("SELECT digest, location FROM blobs")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            match row.get::<Option<String>, _>(1) {
+                Some(l) => k.locations.insert(l),
+                None => k.digests.insert(row.get(0)),
+            };
+        }
+        k.uploads = sqlx::query_scalar("SELECT id FROM uploads")
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        tx.commit().await?;
+        Ok(k)
+    }
+
+    /// Records bytes at digests' places that no row knows as blobs being deleted, so that a
+    /// push of the same digest waits for them to go (as it waits for a GC sweep). Returns
+    /// the digests recorded (a push that recorded one first keeps it).
+    pub async fn gc_hold_orphans(&self, orphans: &[(Digest, u64)]) -> Result<Vec<Digest>> {
+        let mut tx = WriteTx::begin(&self.write).await?;
+        let now = now_secs();
+        let mut held = Vec::new();
+        for (d, size) in orphans {
+            let r = sqlx::query(
+                "INSERT INTO blobs (digest, size, created_at, location, touched_at, deleting_at)                  VALUES ($1, $2, $3, NULL, 0, $3) ON CONFLICT (digest) DO NOTHING",
+            )
+            .bind(d.as_str())
+            .bind(*size as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() > 0 {
+                held.push(d.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(held)
     }
 
     // === run records ===

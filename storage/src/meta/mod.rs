@@ -10,7 +10,7 @@ mod mirror;
 mod quota;
 mod verify;
 pub use auth::{Permission, Robot, User};
-pub use gc::{BlobRow, Edge, GcRunRow, ManifestNode, RepoGraph};
+pub use gc::{BlobRow, Edge, GcRunRow, KnownObjects, ManifestNode, RepoGraph};
 pub use mirror::{MirrorRun, MirrorTag, RunTotals};
 pub use quota::{QuotaRecount, QuotaRule, QuotaUsage};
 pub use verify::{ClaimFilter, Finish, Finished, JobRow, NewJob, WorkerRow};
