@@ -867,7 +867,7 @@ def test_resolver(reg, resolver_list, platform, isolation, rule, want, mismatch,
                   "--registry", reg.url, check=False)
     assert p.returncode == (0 if want else 3), (p.returncode, p.stdout, p.stderr)
     if want:
-        assert f"chosen: {want_digest}" in p.stdout.splitlines(), p.stdout
+        assert any(l.startswith(f"chosen: {want_digest} (") for l in p.stdout.splitlines()), p.stdout
         assert re.search(rf"^=> \[\d+\] {re.escape(want_digest)} ", p.stdout, re.M), p.stdout
     else:
         assert "chosen: none (no matching manifest)" in p.stdout.splitlines(), p.stdout
@@ -988,3 +988,35 @@ def test_resolver_entry_without_platform(reg, c):
     assert r.status_code == 200
     assert a["chosen"] == amd.digest, json.dumps(a, indent=1)
     assert len(a["resolution"]["verdicts"]) == 2, a
+
+
+def test_resolve_takes_named_builds_names_the_chosen_version_and_says_what_it_hides(reg, c):
+    """Issue 17: `--platform windows/amd64:ltsc2022` was read as a host without os.version and chose
+    the 10.0.26100 entry; the chosen line named only a digest; a lying entry was chosen silently;
+    containerd's disregard of isolation went unmentioned under --isolation hyperv."""
+    repo = "resolve/named"
+    w17 = wi.windows_image("10.0.17763.5936", layers=1)
+    w20 = wi.windows_image("10.0.20348.2527", layers=1)
+    w26 = wi.windows_image("10.0.26100.1000", layers=1)
+    wi.push_list(c, repo, "multi", [w17, w20, w26])
+    ref = f"{repo}:multi"
+    p = berth_cli("resolve", ref, "--platform", "windows/amd64:ltsc2022", "--registry", reg.url)
+    assert f"chosen: {w20.digest} (windows/amd64, os.version 10.0.20348.2527)" in p.stdout.splitlines(), p.stdout
+    p = berth_cli("resolve", ref, "--platform", "windows/amd64:ltsc2022", "--registry", reg.url, "--json")
+    a = json.loads(p.stdout)
+    assert a["host"]["platform"]["os.version"] == "10.0.20348", a["host"]
+    # A name berth does not know is refused, not read as "no os.version".
+    p = berth_cli("resolve", ref, "--platform", "windows/amd64:ltsc2099", "--registry", reg.url, check=False)
+    assert p.returncode == 1 and "named build" in p.stderr, (p.returncode, p.stdout, p.stderr)
+    # containerd under Hyper-V isolation: the note says the matcher ignores isolation and what
+    # Hyper-V would also run (17763 on a 20348 host).
+    p = berth_cli("resolve", ref, "--platform", "windows/amd64:10.0.20348.2527", "--isolation", "hyperv",
+                  "--rule", "containerd", "--registry", reg.url)
+    notes = [l for l in p.stdout.splitlines() if l.startswith("note: containerd's platform matcher ignores isolation")]
+    assert notes and "[0] windows/amd64:10.0.17763.5936" in notes[0], p.stdout
+    # An entry whose config contradicts its os.version: the finding is shown beside the choice.
+    liar = wi.windows_image("10.0.20348.2527", layers=1, config_os_version="10.0.17763.5936")
+    wi.push_list(c, repo, "liar", [liar])
+    p = berth_cli("resolve", f"{repo}:liar", "--platform", "windows/amd64:ltsc2022", "--registry", reg.url)
+    assert f"chosen: {liar.digest} (windows/amd64, os.version 10.0.20348.2527)" in p.stdout.splitlines(), p.stdout
+    assert "warning: the chosen entry has a finding:" in p.stdout and "10.0.17763.5936" in p.stdout, p.stdout

@@ -275,6 +275,33 @@ impl FromStr for Platform {
     }
 }
 
+impl Platform {
+    /// A host platform as people write it: on Windows, `os.version` may be a named build
+    /// (`windows/amd64:ltsc2022`), read as that build without a revision (`10.0.20348`);
+    /// anything else there must be a Windows version. Other systems pass unchanged.
+    pub fn with_named_build(mut self) -> Result<Self, PlatformError> {
+        if !self.os.eq_ignore_ascii_case("windows") {
+            return Ok(self);
+        }
+        let Some(v) = self.os_version.as_deref().filter(|v| !v.is_empty()) else {
+            return Ok(self);
+        };
+        if v.parse::<WindowsVersion>().is_ok() {
+            return Ok(self);
+        }
+        match WindowsVersion::build_for_name(v) {
+            Some(b) => {
+                self.os_version = Some(format!("10.0.{b}"));
+                Ok(self)
+            }
+            None => Err(PlatformError::WindowsVersion {
+                input: v.to_owned(),
+                reason: "neither a Windows version (10.0.20348.2340) nor a named build (ltsc2019, ltsc2022, ltsc2025, 1809, 20h2, ...)",
+            }),
+        }
+    }
+}
+
 impl fmt::Display for Platform {
     /// `os/arch[/variant][:os.version]`; `os.features` are not part of this form.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -300,6 +327,28 @@ mod tests {
         let mut p: Platform = parts.next().unwrap().parse().unwrap();
         p.os_features = parts.map(str::to_owned).collect();
         p
+    }
+
+    #[test]
+    fn named_builds_name_hosts() {
+        for (spec, want) in [
+            ("windows/amd64:ltsc2022", Ok(Some("10.0.20348"))),
+            ("windows/amd64:LTSC2019", Ok(Some("10.0.17763"))),
+            ("windows/amd64:1809", Ok(Some("10.0.17763"))),
+            ("windows/amd64:10.0.26100.1", Ok(Some("10.0.26100.1"))),
+            ("windows/amd64", Ok(None)),
+            ("linux/amd64:whatever", Ok(Some("whatever"))),
+            ("windows/amd64:ltsc2099", Err(())),
+            ("windows/amd64:10.x", Err(())),
+        ] {
+            let got = spec
+                .parse::<Platform>()
+                .unwrap()
+                .with_named_build()
+                .map(|p| p.os_version)
+                .map_err(|_| ());
+            assert_eq!(got, want.map(|v| v.map(str::to_owned)), "{spec}");
+        }
     }
 
     #[test]

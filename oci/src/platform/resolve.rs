@@ -648,11 +648,9 @@ pub fn resolve(candidates: &[Candidate], host: &Host) -> Resolution {
         && chosen_compat
             .as_ref()
             .is_some_and(|c| c.verdict == Runnability::NotRunnable);
-    let missed_runnable = candidates
+    let missed_runnable = missed_runnable_of(candidates, &decisions, host)
         .iter()
-        .zip(&decisions)
-        .filter(|(c, d)| !d.kept && runnable(host, &c.platform).verdict == Runnability::Runnable)
-        .map(|(c, _)| c.index)
+        .map(|i| candidates[*i].index)
         .collect();
 
     let mut notes = Vec::new();
@@ -672,6 +670,20 @@ pub fn resolve(candidates: &[Candidate], host: &Host) -> Resolution {
             ));
         }
     }
+    if windows_host && host.rule == ClientRule::Containerd && host.isolation == Isolation::HyperV {
+        let also: Vec<String> = missed_runnable_of(candidates, &decisions, host)
+            .iter()
+            .map(|i| format!("[{}] {}", candidates[*i].index, candidates[*i].platform))
+            .collect();
+        notes.push(if also.is_empty() {
+            "containerd's platform matcher ignores isolation: it chose as it would for process isolation; it dropped nothing Hyper-V isolation could run".into()
+        } else {
+            format!(
+                "containerd's platform matcher ignores isolation: it chose as it would for process isolation; under Hyper-V isolation this host could also run {}",
+                also.join(", ")
+            )
+        });
+    }
     if windows_host && host.rule == ClientRule::Moby && host_version.is_none() {
         notes.push("host os.version unknown: moby's build filter and ordering were skipped".into());
     }
@@ -683,6 +695,20 @@ pub fn resolve(candidates: &[Candidate], host: &Host) -> Resolution {
         missed_runnable,
         notes,
     }
+}
+
+/// Positions in `candidates` of entries runnable under the host's isolation that the client's
+/// filter dropped.
+fn missed_runnable_of(candidates: &[Candidate], decisions: &[Decision], host: &Host) -> Vec<usize> {
+    candidates
+        .iter()
+        .zip(decisions)
+        .enumerate()
+        .filter(|(_, (c, d))| {
+            !d.kept && runnable(host, &c.platform).verdict == Runnability::Runnable
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn rule_name(rule: ClientRule) -> &'static str {

@@ -104,8 +104,28 @@ pub async fn resolve(
             );
         }
         match v["chosen"].as_str() {
-            Some(d) => println!("chosen: {d}"),
+            Some(d) => {
+                let p = &v["resolution"]["chosen"]["platform"];
+                let mut plat = format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap_or("?"),
+                    p["architecture"].as_str().unwrap_or("?")
+                );
+                if let Some(var) = p["variant"].as_str().filter(|s| !s.is_empty()) {
+                    plat = format!("{plat}/{var}");
+                }
+                match p["os.version"].as_str().filter(|s| !s.is_empty()) {
+                    Some(ver) => println!("chosen: {d} ({plat}, os.version {ver})"),
+                    None => println!("chosen: {d} ({plat})"),
+                }
+            }
             None => println!("chosen: none (no matching manifest)"),
+        }
+        for f in v["chosen_findings"].as_array().into_iter().flatten() {
+            println!(
+                "warning: the chosen entry has a finding: {}",
+                f.as_str().unwrap_or("")
+            );
         }
         if v["resolution"]["process_mismatch"] == true {
             println!("warning: the chosen image cannot run under process isolation on this host");

@@ -91,6 +91,9 @@ pub struct ResolveAnswer {
     pub chosen: Option<String>,
     /// Every candidate with the reason it was kept or dropped.
     pub resolution: Resolution,
+    /// What validation found wrong with the chosen entry (an os.version its own config
+    /// contradicts, say): the host gets that image anyway.
+    pub chosen_findings: Vec<String>,
 }
 
 fn platform_of(e: &IndexEntry) -> Option<Platform> {
@@ -421,10 +424,22 @@ impl Registry {
                 reason,
             });
         }
+        let chosen_findings = resolution
+            .chosen
+            .as_ref()
+            .and_then(|c| {
+                inspection.variants.iter().enumerate().find(|(i, v)| {
+                    v.position.map_or(*i, |p| p as usize) == c.index
+                        && v.digest.as_str() == c.digest
+                })
+            })
+            .map(|(_, v)| v.findings.clone())
+            .unwrap_or_default();
         Ok(ResolveAnswer {
             repository: repo.to_owned(),
             reference: reference.to_string(),
             digest: inspection.digest,
+            chosen_findings,
             chosen: resolution.chosen_digest().map(str::to_owned),
             host,
             resolution,

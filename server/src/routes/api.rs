@@ -85,12 +85,13 @@ pub async fn resolve(
 ) -> Result<Json<crate::registry::ResolveAnswer>, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
     let (name, r) = pullable(&st, &h, peer, &q.repository, &q.reference).await?;
-    let mut platform: Platform =
-        q.platform
-            .parse()
-            .map_err(|e: berth_oci::platform::PlatformError| {
-                Refusal::BadRequest(format!("invalid platform: {e}"))
-            })?;
+    let mut platform: Platform = q
+        .platform
+        .parse()
+        .and_then(Platform::with_named_build)
+        .map_err(|e: berth_oci::platform::PlatformError| {
+            Refusal::BadRequest(format!("invalid platform: {e}"))
+        })?;
     if let Some(f) = q.features.filter(|f| !f.is_empty()) {
         platform.os_features = f.split(',').map(str::to_owned).collect();
     }
