@@ -3,7 +3,7 @@
 # GC running back to back beside the pushes vs. without (target <= 1.25x), and the S3 calls one
 # GC cycle makes (moto's request log; target 0 ListObjects, ceil(N/1000) DeleteObjects).
 # Prints a table. About 5-10 minutes on 2 cores; --quick for smaller sizes (about a minute).
-#   bash bench/gc.sh [--quick] [--only mark,push,s3]
+#   bash bench/gc.sh [--quick] [--only mark,push,s3] [--gc-pause SECS]
 # BERTH_BIN (default target/release/berth, built if absent) names the binary; tests/setup.sh
 # installs moto in .venv.
 set -euo pipefail

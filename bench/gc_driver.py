@@ -185,7 +185,7 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1)]
 
 
-def bench_push(binary, work, pushes, clients=4, with_gc=False, seed_manifests=0):
+def bench_push(binary, work, pushes, clients=4, with_gc=False, seed_manifests=0, gc_pause=0.0):
     b = Berth(binary, work, "[gc]\ngrace_secs = 2\n")
     stop = threading.Event()
     runs = []
@@ -198,6 +198,7 @@ def bench_push(binary, work, pushes, clients=4, with_gc=False, seed_manifests=0)
         def gc_loop():
             while not stop.is_set():
                 runs.append(gc_run(b.url))
+                stop.wait(gc_pause)
 
         g = threading.Thread(target=gc_loop, daemon=True)
         if with_gc:
@@ -299,6 +300,8 @@ def main():
     ap.add_argument("--moto", required=True)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
     ap.add_argument("--only", default="mark,push,s3")
+    ap.add_argument("--gc-pause", type=float, default=0.0,
+                    help="seconds between the GC runs beside the pushes (default 0: back to back)")
     a = ap.parse_args()
     sizes = dict(manifests=10_000, pushes=200, blobs=1_500) if a.quick else \
         dict(manifests=100_000, pushes=800, blobs=2_500)
@@ -316,7 +319,8 @@ def main():
                      ("mark rate", f"{r['edges_per_s']:,.0f} edges/s")]
         if "push" in only:
             alone = bench_push(a.berth, work, sizes["pushes"], seed_manifests=200)
-            beside = bench_push(a.berth, work, sizes["pushes"], with_gc=True, seed_manifests=200)
+            beside = bench_push(a.berth, work, sizes["pushes"], with_gc=True, seed_manifests=200,
+                                gc_pause=a.gc_pause)
             print(f"push alone: {json.dumps(alone)}\npush beside gc: {json.dumps(beside)}", flush=True)
             rows += [("push p50 / p99 alone", f"{alone['p50_ms']:.1f} / {alone['p99_ms']:.1f} ms ({alone['n']} pushes)"),
                      ("push p50 / p99 beside GC", f"{beside['p50_ms']:.1f} / {beside['p99_ms']:.1f} ms "
