@@ -72,4 +72,4 @@ BERTH_TEST_BACKEND=s3 "$REPO/.venv/bin/pytest" -q -p no:cacheprovider -m "not fs
     tests/e2e/test_api_blobs.py tests/e2e/test_api_uploads.py tests/e2e/test_api_manifests.py \
     tests/e2e/test_api_misc.py tests/e2e/test_docker.py tests/e2e/test_skopeo.py \
     tests/e2e/test_oras.py tests/e2e/test_multiarch.py tests/e2e/test_mirror.py \
-    tests/e2e/test_gc_orphans.py ${PYTEST_ARGS:-}
+    tests/e2e/test_gc_orphans.py tests/e2e/test_gc.py ${PYTEST_ARGS:-}

@@ -281,6 +281,7 @@ pub struct Collector<'a> {
     meta: &'a Meta,
     store: &'a dyn BlobStore,
     holder: String,
+    run_id: Option<i64>,
 }
 
 impl<'a> Collector<'a> {
@@ -290,7 +291,15 @@ impl<'a> Collector<'a> {
             meta,
             store,
             holder: holder.into(),
+            run_id: None,
         }
+    }
+
+    /// This collection is recorded as run `id` (`gc_runs`): once it holds the lease, it marks
+    /// the records of earlier runs still `running` (their process died) `interrupted`.
+    pub fn recorded_as(mut self, id: i64) -> Self {
+        self.run_id = Some(id);
+        self
     }
 
     async fn renew(&self) -> Result<()> {
@@ -323,6 +332,16 @@ impl<'a> Collector<'a> {
                 "another GC run is in progress (its lease runs for {} more seconds unless renewed)",
                 (until - now_secs()).max(0)
             )));
+        }
+        if let Some(id) = self.run_id {
+            match self.meta.gc_runs_interrupted(id).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    runs = n,
+                    "GC runs left running by a dead process marked interrupted"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not mark interrupted GC runs"),
+            }
         }
         let out = self.run_leased(opts, progress).await;
         if let Err(e) = self.meta.release_lease(LEASE, &self.holder).await {

@@ -188,7 +188,7 @@ impl Registry {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Report> {
         let holder = format!("{}:{}:run-{id}", hostname(), std::process::id());
-        let collector = Collector::new(&self.meta, self.store.as_ref(), holder);
+        let collector = Collector::new(&self.meta, self.store.as_ref(), holder).recorded_as(id);
         let opts = self.gc_options(mode);
         let track = |p: Progress| {
             if let Some(l) = self
@@ -672,6 +672,29 @@ mod tests {
             .expect("run");
         assert!(r.orphans.is_none());
         assert!(place(&later).exists());
+    }
+
+    /// A process killed during a run leaves its record `running`; the next run to hold the
+    /// lease marks it `interrupted` (and leaves its own record, and dry runs, alone).
+    /// (Found by tests/e2e/test_gc.py's kill -9 test: the record said `running` for ever.)
+    #[tokio::test]
+    async fn the_next_run_marks_a_killed_runs_record_interrupted() {
+        let (_dir, reg) = registry(0).await;
+        let killed = reg.meta.gc_run_start("api", false).await.expect("record");
+        let (id, _) = reg
+            .run_gc("test", GcMode::default(), &|_| {})
+            .await
+            .expect("gc");
+        let state = |r: Option<GcRun>| r.expect("run").state;
+        assert_eq!(state(reg.gc_run(killed).await.expect("run")), "interrupted");
+        assert_eq!(state(reg.gc_run(id).await.expect("run")), "succeeded");
+        let dry_run = GcMode {
+            dry_run: true,
+            orphans: false,
+        };
+        let (dry, _) = reg.run_gc("test", dry_run, &|_| {}).await.expect("dry gc");
+        assert_eq!(state(reg.gc_run(dry).await.expect("run")), "succeeded");
+        assert_eq!(state(reg.gc_run(killed).await.expect("run")), "interrupted");
     }
 
     fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

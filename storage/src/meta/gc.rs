@@ -487,13 +487,16 @@ impl Meta {
         Ok(())
     }
 
-    /// Marks runs left `running` by a process that died as failed (the next run finishes
-    /// their work). Only call while holding the GC lease.
-    pub async fn gc_runs_interrupted(&self) -> Result<u64> {
+    /// Marks runs recorded before run `current` and still `running` as `interrupted`: their
+    /// process died (the next run finishes their work). Only call while holding the GC lease:
+    /// a live run holds it, so none of these is live (one that recorded itself but has not
+    /// asked for the lease yet will fail to get it and record `failed` over this).
+    pub async fn gc_runs_interrupted(&self, current: i64) -> Result<u64> {
         Ok(sqlx::query(
-            "UPDATE gc_runs SET state = 'interrupted', finished_at = $1 WHERE state = 'running'",
+            "UPDATE gc_runs SET state = 'interrupted', finished_at = $1 WHERE state = 'running' AND id < $2",
         )
         .bind(now_secs())
+        .bind(current)
         .execute(&self.write)
         .await?
         .rows_affected())
