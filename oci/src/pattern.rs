@@ -45,6 +45,56 @@ impl RepoPattern {
     pub fn matches(&self, name: &str) -> bool {
         glob(self.0.as_bytes(), name.as_bytes())
     }
+
+    /// Checks the text as a repository pattern: lowercase letters, digits, `.`, `_`, `-`,
+    /// `/` between components, and `*` or `**`. The error says what is wrong.
+    pub fn check_repo(&self) -> Result<(), String> {
+        let s = &self.0;
+        check_common(s)?;
+        if let Some(c) = s
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-' | '/' | '*'))
+        {
+            return Err(format!(
+                "{s:?}: {c:?} is not allowed in a repository pattern (lowercase letters, digits, \".\", \"_\", \"-\", \"/\", \"*\", \"**\")"
+            ));
+        }
+        if s.starts_with('/') || s.ends_with('/') || s.contains("//") {
+            return Err(format!("{s:?}: empty path component"));
+        }
+        Ok(())
+    }
+
+    /// Checks the text as a tag pattern: the characters of a tag (letters, digits, `.`, `_`,
+    /// `-`) and `*`.
+    pub fn check_tag(&self) -> Result<(), String> {
+        let s = &self.0;
+        check_common(s)?;
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*')))
+        {
+            return Err(format!(
+                "{s:?}: {c:?} is not allowed in a tag pattern (letters, digits, \".\", \"_\", \"-\", \"*\")"
+            ));
+        }
+        if s.len() > 128 {
+            return Err(format!("{s:?}: longer than a tag can be (128)"));
+        }
+        Ok(())
+    }
+}
+
+fn check_common(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("empty pattern".into());
+    }
+    if s.contains("***") {
+        return Err(format!(
+            "{s:?}: \"***\" is not a wildcard (use \"*\" or \"**\")"
+        ));
+    }
+    Ok(())
 }
 
 fn glob(p: &[u8], s: &[u8]) -> bool {
@@ -102,6 +152,40 @@ mod tests {
         ];
         for (p, s, want) in cases {
             assert_eq!(RepoPattern::new(p).matches(s), want, "{p} ~ {s}");
+        }
+    }
+
+    #[test]
+    fn pattern_syntax() {
+        let repo = [
+            ("**", true),
+            ("team/*", true),
+            ("mirror/**/servercore", true),
+            ("a.b_c-d/e", true),
+            ("", false),
+            ("Team/*", false),
+            ("team/[ab]", false),
+            ("team/***", false),
+            ("/team", false),
+            ("team/", false),
+            ("a//b", false),
+            ("team/{a,b}", false),
+        ];
+        for (p, ok) in repo {
+            assert_eq!(RepoPattern::new(p).check_repo().is_ok(), ok, "repo {p:?}");
+        }
+        let tag = [
+            ("v*", true),
+            ("*", true),
+            ("1.2.*-rc_1", true),
+            ("LTSC2022", true),
+            ("", false),
+            ("v/*", false),
+            ("v[0-9]", false),
+            ("v***", false),
+        ];
+        for (p, ok) in tag {
+            assert_eq!(RepoPattern::new(p).check_tag().is_ok(), ok, "tag {p:?}");
         }
     }
 }
