@@ -39,6 +39,10 @@ pub struct Config {
     pub gc: crate::registry::gc::GcConfig,
     /// Byte quotas per repository pattern (`[[quotas]]`).
     pub quotas: Vec<crate::registry::quota::QuotaDef>,
+    /// Tag rules: immutable tags (docs/LIFECYCLE.md).
+    pub tags: crate::registry::immutable::TagsConfig,
+    /// Retention: which tags are removed on a schedule (docs/LIFECYCLE.md).
+    pub retention: crate::registry::retention::RetentionConfig,
 }
 
 /// Access control (docs/AUTH.md).
@@ -152,6 +156,8 @@ impl Default for Config {
             proxy: vec![],
             gc: Default::default(),
             quotas: vec![],
+            tags: Default::default(),
+            retention: Default::default(),
         }
     }
 }
@@ -270,6 +276,9 @@ const CONFIG_KEYS: &[&str] = &[
     "verify",
     "mirrors",
     "proxy",
+    "gc",
+    "tags",
+    "retention",
 ];
 
 impl Config {
@@ -321,6 +330,10 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid value for key \"validation\": {e}"))?;
         self.gc.interval()?;
         crate::registry::quota::validate(&self.quotas)?;
+        crate::registry::immutable::Rules::new(self.tags.clone())
+            .map_err(|e| anyhow::anyhow!("invalid value for key \"tags\": {e:#}"))?;
+        crate::registry::retention::Rules::new(self.retention.clone())
+            .map_err(|e| anyhow::anyhow!("invalid value for key \"retention\": {e:#}"))?;
         crate::registry::verification::Policies::new(self.verify.clone())
             .map_err(|e| anyhow::anyhow!("invalid value for key \"verify\": {e}"))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {

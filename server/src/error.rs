@@ -274,6 +274,9 @@ impl From<RegistryError> for ApiError {
             }
             E::NotFound(_) => ApiError::oci(C::NameUnknown, msg),
             E::Forbidden(_) => ApiError::oci(C::Denied, msg),
+            E::Immutable { tag, target, .. } => {
+                ApiError::oci(C::Denied, msg).detail(json!({ "tag": tag, "digest": target }))
+            }
             E::LeaseLost(_) => ApiError::oci(C::Denied, msg).status(StatusCode::CONFLICT),
             E::Conflict(_) => ApiError::oci(C::Denied, msg).status(StatusCode::CONFLICT),
             E::RequestInvalid(_) => {
@@ -558,6 +561,19 @@ mod tests {
                 g(RegistryError::Forbidden(
                     "worker 1 belongs to another principal".into(),
                 )),
+            ),
+            (
+                "RegistryError::Immutable",
+                g(RegistryError::Immutable {
+                    action: format!(
+                        "cannot move tag v1 of release/app to {}",
+                        Digest::sha256(b"y")
+                    ),
+                    tag: "v1".into(),
+                    target: d.clone(),
+                    rule: "rule tags.immutable[0]: pattern = \"release/**\", tags = [\"v*\"]"
+                        .into(),
+                }),
             ),
             ("RegistryError::LeaseLost", g(RegistryError::LeaseLost(7))),
             (

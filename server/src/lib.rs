@@ -60,6 +60,11 @@ pub fn app(state: AppState) -> Router {
         .route("/berth/v1/gc/runs/{id}", get(routes::gc::run))
         .route("/berth/v1/quotas", get(routes::quotas::list))
         .route("/berth/v1/quotas/recount", post(routes::quotas::recount))
+        .route(
+            "/berth/v1/retention/runs",
+            get(routes::retention::runs).post(routes::retention::start),
+        )
+        .route("/berth/v1/retention/runs/{id}", get(routes::retention::run))
         .route("/berth/v1/mirrors", get(routes::mirrors::list))
         .route(
             "/berth/v1/mirrors/{name}",
@@ -216,6 +221,10 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Opened> {
         verify: registry::verification::Policies::new(cfg.verify.clone())
             .context("compiling verification policies")?,
         gc: cfg.gc.clone(),
+        immutable: registry::immutable::Rules::new(cfg.tags.clone())
+            .context("compiling immutable tag rules")?,
+        retention: registry::retention::Rules::new(cfg.retention.clone())
+            .context("compiling retention rules")?,
     };
     Ok(Opened {
         registry: Arc::new(Registry::new(store, meta.clone(), settings)),
@@ -291,6 +300,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .gc
         .interval()?
         .map(|every| registry.spawn_gc_schedule(every));
+    let retention_schedule = registry
+        .settings
+        .retention
+        .interval()
+        .map(|every| registry.spawn_retention_schedule(every));
+    let pull_flush = registry.spawn_pull_flush();
     let app = app(AppState {
         registry: registry.clone(),
         auth,
@@ -332,6 +347,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     scheduler.abort();
     if let Some(g) = gc_schedule {
         g.abort();
+    }
+    if let Some(r) = retention_schedule {
+        r.abort();
+    }
+    pull_flush.abort();
+    if let Err(e) = registry.flush_pulls().await {
+        tracing::warn!(error = %e, "could not write pull times at shutdown");
     }
     registry.close().await;
     tracing::info!("berth stopped");

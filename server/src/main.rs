@@ -140,6 +140,18 @@ enum Command {
         #[command(subcommand)]
         op: QuotaOp,
     },
+    /// Apply the retention rules (`[retention]`, docs/LIFECYCLE.md): untag what no rule
+    /// keeps; garbage collection then frees what the tags held. Safe while the registry serves.
+    Retention {
+        /// Report what would be untagged; untag nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: cli::mirror::Target,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -521,6 +533,11 @@ fn main() -> ExitCode {
                 cli::client::run(cli::quota::recompute(&target, fix, json))
             }
         },
+        Command::Retention {
+            dry_run,
+            json,
+            target,
+        } => cli::client::run(cli::retention::run(&target, dry_run, json)),
         Command::CheckConfig { file } => match Config::load(Some(&file), false) {
             Ok(_) => {
                 println!("ok");

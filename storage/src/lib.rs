@@ -59,6 +59,17 @@ pub enum Error {
         /// What was refused and why: `blob sha256:... would add 12 MiB`.
         what: String,
     },
+    /// A write would move or remove an immutable tag (checked in the transaction that would
+    /// make it, so of racing writers exactly one creates the tag).
+    #[error("tag {tag} is immutable ({rule}) and points at {target}")]
+    Immutable {
+        /// The tag.
+        tag: String,
+        /// What it points at now.
+        target: berth_oci::Digest,
+        /// The rule that makes it immutable, as the caller described it.
+        rule: String,
+    },
 }
 
 /// A byte count for people: `1.5 GiB`.

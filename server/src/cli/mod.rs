@@ -6,4 +6,5 @@ pub mod client;
 pub mod gc;
 pub mod mirror;
 pub mod quota;
+pub mod retention;
 pub mod verify;

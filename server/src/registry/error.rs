@@ -74,6 +74,18 @@ pub enum RegistryError {
     /// A verification worker reported on, or extended, a lease it no longer holds.
     #[error("job {0}: the lease is no longer yours (it expired and the job went to another worker, or it finished)")]
     LeaseLost(i64),
+    /// A write that would move or remove an immutable tag (`[[tags.immutable]]`).
+    #[error("{action}: tag {tag} is immutable ({rule}); it points at {target}")]
+    Immutable {
+        /// What was refused (`cannot move tag v1 of app to sha256:…`).
+        action: String,
+        /// The immutable tag.
+        tag: String,
+        /// What it points at.
+        target: Digest,
+        /// The rule that makes it immutable.
+        rule: String,
+    },
     /// The operation conflicts with one in progress (a garbage collection run).
     #[error("{0}")]
     Conflict(String),

@@ -6,9 +6,11 @@
 mod cache;
 mod error;
 pub mod gc;
+pub mod immutable;
 mod platforms;
 pub mod policy;
 pub mod quota;
+pub mod retention;
 mod uploads;
 pub mod verification;
 mod verify_queue;
@@ -42,6 +44,10 @@ pub struct Settings {
     pub verify: verification::Policies,
     /// Garbage collection.
     pub gc: gc::GcConfig,
+    /// Immutable tags.
+    pub immutable: immutable::Rules,
+    /// Retention rules.
+    pub retention: retention::Rules,
 }
 
 /// The registry: blob store, metadata, caches and in-flight upload state. The store and the
@@ -59,6 +65,7 @@ pub struct Registry {
     cache: Cache,
     uploads: uploads::Sessions,
     gc: gc::GcState,
+    retention: retention::RetentionState,
 }
 
 /// Result of a manifest PUT.
@@ -107,6 +114,7 @@ impl Registry {
             cache: Cache::new(),
             uploads: uploads::Sessions::default(),
             gc: gc::GcState::default(),
+            retention: retention::RetentionState::default(),
         }
     }
 
@@ -332,11 +340,20 @@ impl Registry {
             entries: checked.entries,
             findings: checked.findings.clone(),
         };
-        match self.meta.put_manifest(repo, &new, &tags).await {
+        let immutable = |t: &str| self.settings.immutable.rule_for(repo, t);
+        match self.meta.put_manifest(repo, &new, &tags, &immutable).await {
             Ok(()) => {}
             // Removed by garbage collection after the check above.
             Err(berth_storage::Error::Missing(d)) => {
                 return Err(RegistryError::ManifestBlobUnknown(d))
+            }
+            Err(berth_storage::Error::Immutable { tag, target, rule }) => {
+                return Err(RegistryError::Immutable {
+                    action: format!("cannot move tag {tag} of {repo} to {digest}"),
+                    tag,
+                    target,
+                    rule,
+                })
             }
             Err(e) => return Err(e.into()),
         }
@@ -429,9 +446,30 @@ impl Registry {
     /// Deletes a manifest (by digest, with its tags) or a tag.
     pub async fn delete_manifest(&self, repo: &str, reference: &Reference) -> Result<()> {
         self.ensure_delete()?;
+        let immutable = |t: &str| self.settings.immutable.rule_for(repo, t);
         let found = match reference {
-            Reference::Tag(t) => self.meta.delete_tag(repo, t.as_str()).await?,
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?.is_some(),
+            Reference::Tag(t) => self.meta.delete_tag(repo, t.as_str(), &immutable).await,
+            Reference::Digest(d) => self
+                .meta
+                .delete_manifest(repo, d, &immutable)
+                .await
+                .map(|r| r.is_some()),
+        };
+        let found = match found {
+            Ok(f) => f,
+            Err(berth_storage::Error::Immutable { tag, target, rule }) => {
+                let action = match reference {
+                    Reference::Tag(_) => format!("cannot delete tag {tag} of {repo}"),
+                    Reference::Digest(d) => format!("cannot delete manifest {d} of {repo}"),
+                };
+                return Err(RegistryError::Immutable {
+                    action,
+                    tag,
+                    target,
+                    rule,
+                });
+            }
+            Err(e) => return Err(e.into()),
         };
         self.cache.invalidate();
         if found {
@@ -474,11 +512,22 @@ impl Registry {
 /// registry's own tests.
 #[cfg(test)]
 pub(crate) async fn test_registry() -> (tempfile::TempDir, Arc<Registry>) {
+    test_registry_with(|_| {}).await
+}
+
+/// [`test_registry`] with the configuration changed by `f` first.
+#[cfg(test)]
+pub(crate) async fn test_registry_with(
+    f: impl FnOnce(&mut crate::config::Config),
+) -> (tempfile::TempDir, Arc<Registry>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = crate::config::Config {
+    let mut cfg = crate::config::Config {
         data_dir: dir.path().to_owned(),
         ..Default::default()
     };
-    let opened = crate::open(&cfg).await.expect("registry on defaults");
+    f(&mut cfg);
+    let opened = crate::open(&cfg)
+        .await
+        .expect("registry on the test config");
     (dir, opened.registry)
 }

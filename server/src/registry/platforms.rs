@@ -257,6 +257,9 @@ impl Registry {
             self.pull_gate(repo, tag, &digest).await?;
         }
         let m = self.manifest_at(repo, &digest, reference).await?;
+        if let Reference::Tag(tag) = reference {
+            self.record_pull(repo, tag.as_str());
+        }
         // By digest the client gets exactly those bytes, whatever it accepts (distribution
         // substitutes only for tags: it cannot return content that does not match a digest).
         if !Self::is_index(&m) || accepts.is_empty() || matches!(reference, Reference::Digest(_)) {

@@ -13,6 +13,7 @@ mod manifests;
 pub mod mirrors;
 pub mod quotas;
 mod referrers;
+pub mod retention;
 pub mod token;
 mod uploads;
 pub mod verify;

@@ -8,11 +8,13 @@ mod auth;
 mod gc;
 mod mirror;
 mod quota;
+mod retention;
 mod verify;
 pub use auth::{Permission, Robot, User};
 pub use gc::{BlobRow, Edge, GcRunRow, KnownObjects, ManifestNode, RepoGraph};
 pub use mirror::{MirrorRun, MirrorTag, RunTotals};
 pub use quota::{QuotaRecount, QuotaRule, QuotaUsage};
+pub use retention::{RetentionRunRow, TagRow};
 pub use verify::{ClaimFilter, Finish, Finished, JobRow, NewJob, WorkerRow};
 
 use crate::{now_secs, Error, Result};
@@ -24,6 +26,16 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Which tags of a repository are immutable: the rule that makes `tag` so (as text, for the
+/// refusal), or `None`. The rules are the server's configuration; the metadata applies them
+/// inside its write transactions, so a check and the write it guards cannot be separated.
+pub type Immutable<'a> = &'a (dyn Fn(&str) -> Option<String> + Send + Sync);
+
+/// No tag is immutable.
+pub fn mutable(_: &str) -> Option<String> {
+    None
+}
 
 /// A manifest as stored.
 #[derive(Debug, Clone)]
@@ -485,16 +497,25 @@ impl Meta {
 
     // === manifests ===
 
-    /// Stores a manifest in `repo`, links its blobs, and points `tags` at it, in one transaction.
+    /// Stores a manifest in `repo`, links its blobs, and points `tags` at it, in one
+    /// transaction. An `immutable` tag that points elsewhere already fails the whole put with
+    /// [`Error::Immutable`] (pointing it again at the same manifest is fine).
     pub async fn put_manifest(
         &self,
         repo: &str,
         m: &NewManifest<'_>,
         tags: &[String],
+        immutable: Immutable<'_>,
     ) -> Result<()> {
         let mut tx = WriteTx::begin(&self.write).await?;
         let repo_id = Self::repo_id_tx(&mut tx, repo).await?;
         let now = now_secs();
+        if let Some(e) =
+            Self::immutable_refusal(&mut tx, repo_id, tags, Some(m.digest), immutable).await?
+        {
+            tx.commit().await?;
+            return Err(e);
+        }
         // The references are checked here, under the write lock, so that no GC run can remove
         // one between the check and the commit.
         for d in &m.blobs {
@@ -662,24 +683,79 @@ impl Meta {
         d.map(digest_col).transpose()
     }
 
-    /// Deletes a tag. False if it did not exist.
-    pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "DELETE FROM tags WHERE name = $2 AND repo_id = (SELECT id FROM repositories WHERE name = $1)",
-        )
-        .bind(repo)
-        .bind(tag)
-        .execute(&self.write)
-        .await?;
+    /// The refusal ([`Error::Immutable`]) when one of `tags` is immutable and exists in the
+    /// repository pointing at anything but `to` (`None`: the tags are to be removed).
+    async fn immutable_refusal(
+        tx: &mut sqlx::SqliteConnection,
+        repo_id: i64,
+        tags: &[String],
+        to: Option<&Digest>,
+        immutable: Immutable<'_>,
+    ) -> Result<Option<Error>> {
+        for tag in tags {
+            let Some(rule) = immutable(tag) else {
+                continue;
+            };
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT digest FROM tags WHERE repo_id = $1 AND name = $2")
+                    .bind(repo_id)
+                    .bind(tag)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(current) = current else {
+                continue;
+            };
+            if to.is_some_and(|d| d.as_str() == current) {
+                continue;
+            }
+            return Ok(Some(Error::Immutable {
+                tag: tag.clone(),
+                target: digest_col(current)?,
+                rule,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Deletes a tag. False if it did not exist; [`Error::Immutable`] if it is immutable.
+    pub async fn delete_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+        immutable: Immutable<'_>,
+    ) -> Result<bool> {
+        let mut tx = WriteTx::begin(&self.write).await?;
+        let repo_id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+                .bind(repo)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(repo_id) = repo_id else {
+            return Ok(false);
+        };
+        if let Some(e) =
+            Self::immutable_refusal(&mut tx, repo_id, &[tag.to_owned()], None, immutable).await?
+        {
+            tx.commit().await?;
+            return Err(e);
+        }
+        let r = sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND name = $2")
+            .bind(repo_id)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
 
     /// Deletes a manifest, its edges and every tag pointing at it. Returns the removed tags,
-    /// or `None` if the manifest did not exist.
+    /// or `None` if the manifest did not exist; [`Error::Immutable`] when an immutable tag
+    /// points at it.
     pub async fn delete_manifest(
         &self,
         repo: &str,
         digest: &Digest,
+        immutable: Immutable<'_>,
     ) -> Result<Option<Vec<String>>> {
         let mut tx = WriteTx::begin(&self.write).await?;
         let repo_id: Option<i64> =
@@ -690,6 +766,16 @@ impl Meta {
         let Some(repo_id) = repo_id else {
             return Ok(None);
         };
+        let tags: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(digest.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        if let Some(e) = Self::immutable_refusal(&mut tx, repo_id, &tags, None, immutable).await? {
+            tx.commit().await?;
+            return Err(e);
+        }
         let r = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
             .bind(repo_id)
             .bind(digest.as_str())
@@ -698,12 +784,6 @@ impl Meta {
         if r.rows_affected() == 0 {
             return Ok(None);
         }
-        let tags: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND digest = $2")
-                .bind(repo_id)
-                .bind(digest.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
         sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND digest = $2")
             .bind(repo_id)
             .bind(digest.as_str())
@@ -949,6 +1029,7 @@ mod tests {
                 "a/b",
                 &image(&d, content, vec![blob.clone()]),
                 &["v1".into()],
+                &mutable,
             )
             .await
             .expect_err("a manifest with an unlinked blob was committed");
@@ -958,12 +1039,76 @@ mod tests {
         // Absent blobs the caller allows (the pull-through cache) are edges, not checks.
         let mut m = image(&d, content, vec![]);
         m.absent_blobs = vec![blob.clone()];
-        meta.put_manifest("a/b", &m, &[]).await.unwrap();
+        meta.put_manifest("a/b", &m, &[], &mutable).await.unwrap();
         let g = meta.gc_graph(1, "a/b").await.unwrap();
         assert!(
             g.edges.iter().any(|e| e.child == blob && !e.manifest),
             "no edge"
         );
+    }
+
+    /// `v*` tags are immutable: once there, a tag cannot point elsewhere, be deleted, or lose
+    /// its manifest to a delete by digest; pointing it at the same manifest again is fine,
+    /// and other tags stay mutable.
+    #[tokio::test]
+    async fn an_immutable_tag_is_neither_moved_nor_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open_sqlite(&dir.path().join("m.db")).await.unwrap();
+        let rule = |t: &str| t.starts_with('v').then(|| "rule v*".to_owned());
+        let (c1, c2) = (
+            br#"{"schemaVersion":2,"n":1}"#,
+            br#"{"schemaVersion":2,"n":2}"#,
+        );
+        let (d1, d2) = (Digest::sha256(c1), Digest::sha256(c2));
+        meta.put_manifest(
+            "a/b",
+            &image(&d1, c1, vec![]),
+            &["v1".into(), "dev".into()],
+            &rule,
+        )
+        .await
+        .unwrap();
+        // Same digest again: idempotent.
+        meta.put_manifest("a/b", &image(&d1, c1, vec![]), &["v1".into()], &rule)
+            .await
+            .unwrap();
+        let err = meta
+            .put_manifest("a/b", &image(&d2, c2, vec![]), &["v1".into()], &rule)
+            .await
+            .expect_err("an immutable tag moved");
+        assert!(
+            matches!(&err, Error::Immutable { tag, target, rule } if tag == "v1" && *target == d1 && rule == "rule v*"),
+            "{err}"
+        );
+        // The refused put stored nothing, not even the manifest.
+        assert!(!meta.manifest_exists("a/b", &d2).await.unwrap());
+        assert_eq!(meta.tag("a/b", "v1").await.unwrap(), Some(d1.clone()));
+        let err = meta
+            .delete_tag("a/b", "v1", &rule)
+            .await
+            .expect_err("deleted");
+        assert!(matches!(err, Error::Immutable { .. }), "{err}");
+        let err = meta
+            .delete_manifest("a/b", &d1, &rule)
+            .await
+            .expect_err("deleted by digest");
+        assert!(matches!(err, Error::Immutable { .. }), "{err}");
+        assert!(meta.manifest_exists("a/b", &d1).await.unwrap());
+        assert_eq!(meta.tag("a/b", "v1").await.unwrap(), Some(d1.clone()));
+        assert_eq!(meta.tag("a/b", "dev").await.unwrap(), Some(d1.clone()));
+        // Mutable tags move and go as before; an immutable tag that does not exist yet is
+        // created by the first put.
+        meta.put_manifest(
+            "a/b",
+            &image(&d2, c2, vec![]),
+            &["dev".into(), "v2".into()],
+            &rule,
+        )
+        .await
+        .unwrap();
+        assert!(meta.delete_tag("a/b", "dev", &rule).await.unwrap());
+        assert!(!meta.delete_tag("a/b", "v9", &rule).await.unwrap());
+        assert_eq!(meta.tag("a/b", "v2").await.unwrap(), Some(d2));
     }
 
     #[tokio::test]
@@ -995,7 +1140,7 @@ mod tests {
             entries: vec![],
             findings: vec![],
         };
-        meta.put_manifest("a/b", &nm, &["v1".into(), "v2".into()])
+        meta.put_manifest("a/b", &nm, &["v1".into(), "v2".into()], &mutable)
             .await
             .unwrap();
         assert_eq!(meta.tag("a/b", "v1").await.unwrap(), Some(d.clone()));
@@ -1011,7 +1156,11 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
-        let removed = meta.delete_manifest("a/b", &d).await.unwrap().unwrap();
+        let removed = meta
+            .delete_manifest("a/b", &d, &mutable)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(removed.len(), 2);
         assert!(meta.tag("a/b", "v1").await.unwrap().is_none());
     }
