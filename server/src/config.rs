@@ -279,6 +279,7 @@ const CONFIG_KEYS: &[&str] = &[
     "gc",
     "tags",
     "retention",
+    "quotas",
 ];
 
 impl Config {
