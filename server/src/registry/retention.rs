@@ -575,8 +575,16 @@ mod tests {
         toml::from_str(&format!("pattern = \"**\"\n{toml_text}")).expect("rule")
     }
 
-    /// Each case: the tags, the rules, the tags kept as protected or immutable, and the
-    /// tags the plan must remove.
+    /// A planner case: its name, the tags, the rules, the tags kept as protected or
+    /// immutable, and the tags the plan must remove.
+    type Case = (
+        &'static str,
+        Vec<TagRow>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+    );
+
     #[test]
     fn plans() {
         let history = || {
@@ -615,7 +623,7 @@ mod tests {
                 tag("odd", 90, None, &["10.0", "x.y.z.w"]),
             ]
         };
-        let cases: Vec<(&str, Vec<TagRow>, Vec<&str>, Vec<&str>, Vec<&str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "keep_last",
                 history(),

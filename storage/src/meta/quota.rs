@@ -527,7 +527,7 @@ mod tests {
             findings: vec![],
         };
         let err = meta
-            .put_manifest("team/a", &m, &["v1".into()])
+            .put_manifest("team/a", &m, &["v1".into()], &crate::meta::mutable)
             .await
             .unwrap_err();
         assert!(
@@ -548,7 +548,9 @@ mod tests {
             .unwrap()
             .1
             .unwrap();
-        meta.put_manifest("x/y", &m, &["v1".into()]).await.unwrap();
+        meta.put_manifest("x/y", &m, &["v1".into()], &crate::meta::mutable)
+            .await
+            .unwrap();
         assert!(meta.unlink_blob("team/a", &d(1)).await.unwrap());
         meta.commit_blob("team/a", &d(1), 80, None, None)
             .await
