@@ -81,6 +81,19 @@ def test_an_immutable_tag_cannot_be_moved_or_deleted(berth_factory):
     assert c.delete("/v2/dev/app/manifests/v1").status_code == 202
 
 
+def test_the_children_of_an_index_under_an_immutable_tag_cannot_be_deleted(berth_factory):
+    b = berth_factory(config=IMMUTABLE)
+    c = Client(b.url)
+    imgs = [winimages.windows_image("10.0.20348.2227", layers=1), winimages.linux_image(layers=1)]
+    _, index = winimages.push_list(c, "release/multi", "v2", imgs)
+    r = c.delete(f"/v2/release/multi/manifests/{imgs[0].digest}")
+    assert_error(r, 403, "DENIED")
+    msg = r.json()["errors"][0]["message"]
+    assert f"cannot delete manifest {imgs[0].digest}" in msg and "tag v2" in msg and index in msg, msg
+    r = c.get(f"/v2/release/multi/manifests/{imgs[0].digest}", headers={"Accept": imgs[0].media_type})
+    assert r.status_code == 200
+
+
 def test_of_racing_puts_of_an_immutable_tag_exactly_one_is_acknowledged(berth_factory):
     b = berth_factory(config=IMMUTABLE)
     c = Client(b.url)

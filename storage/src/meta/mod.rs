@@ -750,7 +750,7 @@ impl Meta {
 
     /// Deletes a manifest, its edges and every tag pointing at it. Returns the removed tags,
     /// or `None` if the manifest did not exist; [`Error::Immutable`] when an immutable tag
-    /// points at it.
+    /// points at it or at an index that holds it (directly or through nested indexes).
     pub async fn delete_manifest(
         &self,
         repo: &str,
@@ -772,7 +772,22 @@ impl Meta {
                 .bind(digest.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
-        if let Some(e) = Self::immutable_refusal(&mut tx, repo_id, &tags, None, immutable).await? {
+        // The tags on it and on every index that (transitively) holds it as a child.
+        let guarded: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE up(d) AS ( \
+               SELECT $2 \
+               UNION SELECT e.parent FROM manifest_refs e JOIN up ON e.child = up.d \
+               WHERE e.repo_id = $1 AND e.kind = 'manifest' \
+             ) SELECT t.name FROM tags t WHERE t.repo_id = $1 AND t.digest IN (SELECT d FROM up) \
+             ORDER BY t.name",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        if let Some(e) =
+            Self::immutable_refusal(&mut tx, repo_id, &guarded, None, immutable).await?
+        {
             tx.commit().await?;
             return Err(e);
         }
@@ -1108,7 +1123,26 @@ mod tests {
         .unwrap();
         assert!(meta.delete_tag("a/b", "dev", &rule).await.unwrap());
         assert!(!meta.delete_tag("a/b", "v9", &rule).await.unwrap());
-        assert_eq!(meta.tag("a/b", "v2").await.unwrap(), Some(d2));
+        assert_eq!(meta.tag("a/b", "v2").await.unwrap(), Some(d2.clone()));
+        // An index under an immutable tag keeps its children: deleting one by digest would
+        // change what the tag pulls.
+        let ci = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let di = Digest::sha256(ci);
+        let mut index = image(&di, ci, vec![]);
+        index.children = vec![d2.clone()];
+        meta.put_manifest("a/b", &index, &["v3".into()], &rule)
+            .await
+            .unwrap();
+        assert!(meta.delete_tag("a/b", "v2", &mutable).await.unwrap());
+        let err = meta
+            .delete_manifest("a/b", &d2, &rule)
+            .await
+            .expect_err("deleted the child of an immutable index");
+        assert!(
+            matches!(&err, Error::Immutable { tag, target, .. } if tag == "v3" && *target == di),
+            "{err}"
+        );
+        assert!(meta.manifest_exists("a/b", &d2).await.unwrap());
     }
 
     #[tokio::test]
