@@ -104,3 +104,28 @@ for s in ["repository:team/app:pull,push", "registry:catalog:*", "repository:a:p
           "repository:mirror/host:5000/x:pull, delete ,admin", "repository::pull", "nonsense",
           "repository:a:", "a:b:verify,,fly"]:
     put("scopes", s)
+
+# oci_path: the text after /v2/ of every endpoint, and near misses.
+D256 = "sha256:" + "a" * 64
+for s in ["a/b/manifests/v1", f"a/manifests/{D256}", f"x/blobs/y/blobs/{D256}", "manifests/blobs/uploads/",
+          "a/blobs/uploads", "a/tags/list/tags/list", f"library/busybox/referrers/{D256}",
+          "mirror/mcr.microsoft.com/windows/servercore/blobs/uploads/3f1c-uuid", "a/manifests/-bad",
+          "A/manifests/v1", "a//b/manifests/v1", "a/blobs/sha256:zz", "a/whatever/x", "/manifests/v1",
+          f"a/manifests/sha512:{'b' * 128}", "a/blobs/uploads/blobs/uploads/"]:
+    put("oci_path", s)
+
+# accept: first line the offered types, then one Accept header a line.
+INDEX, LIST = "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"
+for headers in [[f"{INDEX}, {w.OCI_MANIFEST};q=0.5"], ["*/*"], [f"*/*, {INDEX};q=0"], [""],
+                ["application/*;q=0.2", f"{LIST};q=0.300"], [f"{INDEX.upper()} ; q=1.0, text/plain;level=1;q=0.9"],
+                ["a/b;q=1.001, c/d;foo;q=0.5, */x"]]:
+    put("accept", "\n".join([f"{INDEX} {LIST} {w.OCI_MANIFEST}"] + headers))
+put("accept", f"{w.OCI_MANIFEST} {INDEX}")
+
+# auth_headers, tokens: `arbitrary`-decoded input, fixed noise of a few lengths (the raw header
+# text is decoded first, so the Basic and Bearer headers lead a few seeds).
+for t in ("auth_headers", "tokens"):
+    for n in (16, 64, 256, 1024):
+        put(t, hashlib.shake_256(b"berth %s %d" % (t.encode(), n)).digest(n))
+for h in [b"Basic YWxpY2U6czNjcjN0", b"Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig", b'Bearer realm="a\\"b",service=x']:
+    put("auth_headers", bytes([len(h)]) + h + hashlib.shake_256(h).digest(64))

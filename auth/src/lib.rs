@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod authorizer;
+pub mod header;
 pub mod password;
 pub mod scope;
 pub mod token;

@@ -76,6 +76,13 @@ pub struct KeySet {
     trusted: Vec<Trusted>,
 }
 
+/// Unix seconds now (the clock `exp`, `nbf` and `iat` are on).
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn pem_encode(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
@@ -199,7 +206,7 @@ impl KeySet {
         ttl_secs: i64,
         refresh: bool,
     ) -> Result<(String, Claims), TokenError> {
-        let now = berth_storage::now_secs();
+        let now = now_secs();
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: sub.to_owned(),

@@ -5,12 +5,14 @@
 //! [`worker_protocol`], the pure types of berth's registry–verifier protocol.
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod digest;
 pub mod error_code;
 pub mod image_config;
 pub mod manifest;
 pub mod media_type;
 pub mod name;
+pub mod path;
 pub mod pattern;
 pub mod platform;
 pub mod range;
@@ -21,5 +23,6 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error_code::ErrorCode;
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
 pub use name::{NameError, RepoName};
+pub use path::{OciPath, PathError};
 pub use pattern::RepoPattern;
 pub use reference::{Reference, Tag, TagError};

@@ -5,7 +5,6 @@
 use crate::config::AuthConfig;
 use crate::error::{ApiError, Refusal};
 use axum::http::{header, Extensions, HeaderMap};
-use base64::Engine;
 use berth_auth::scope::covers;
 use berth_auth::{Action, Authorizer, Claims, KeySet, Principal};
 use berth_oci::RepoPattern;
@@ -218,28 +217,31 @@ impl AuthState {
     }
 
     fn challenge(&self, ext: &Extensions, need: &Need, error: Option<&str>) -> ApiError {
-        let mut c = format!(
-            "Bearer realm=\"{}\",service=\"{}\"",
-            self.realm(ext),
-            self.cfg.service
-        );
-        match need {
-            Need::Base => {}
-            Need::Catalog => c.push_str(",scope=\"registry:catalog:*\""),
+        let realm = self.realm(ext);
+        let mut params = vec![
+            ("realm", realm.as_str()),
+            ("service", self.cfg.service.as_str()),
+        ];
+        let scope = match need {
+            Need::Base => None,
+            Need::Catalog => Some("registry:catalog:*".to_owned()),
             Need::Repo(repo, a) => {
                 let actions = match a {
                     Action::Push => "pull,push",
                     other => other.as_str(),
                 };
-                c.push_str(&format!(",scope=\"repository:{repo}:{actions}\""));
+                Some(format!("repository:{repo}:{actions}"))
             }
+        };
+        if let Some(s) = &scope {
+            params.push(("scope", s));
         }
         if let Some(e) = error {
-            c.push_str(&format!(",error=\"{e}\""));
+            params.push(("error", e));
         }
         Refusal::Unauthenticated {
             message: "authentication required",
-            challenge: c,
+            challenge: berth_auth::header::render_challenge("Bearer", &params),
         }
         .into()
     }
@@ -316,13 +318,9 @@ impl AuthState {
                 }
                 return Err(self.challenge(ext, need, None));
             }
-            Some(v) => match v.split_once(' ') {
-                Some((scheme, t))
-                    if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() =>
-                {
-                    t.trim()
-                }
-                _ => return Err(self.challenge(ext, need, Some("invalid_request"))),
+            Some(v) => match berth_auth::header::parse_bearer(v) {
+                Some(t) => t,
+                None => return Err(self.challenge(ext, need, Some("invalid_request"))),
             },
         };
         let claims = match self.keys.verify(token, &self.cfg.service, false) {
@@ -376,22 +374,7 @@ impl AuthState {
 
 /// Decodes `Authorization: Basic`. `None` when absent; `Some(Err)` when malformed.
 pub fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = match base64::engine::general_purpose::STANDARD.decode(rest.trim()) {
-        Ok(d) => d,
-        Err(_) => return Some(Err(())),
-    };
-    let Ok(s) = String::from_utf8(decoded) else {
-        return Some(Err(()));
-    };
-    match s.split_once(':') {
-        Some((u, p)) => Some(Ok((u.to_owned(), p.to_owned()))),
-        None => Some(Err(())),
-    }
+    berth_auth::header::parse_basic(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// A 429 for a throttled client.

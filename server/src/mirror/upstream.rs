@@ -66,34 +66,7 @@ pub struct UpManifest {
     pub digest: Digest,
 }
 
-/// Parses `Bearer realm="...",service="...",scope="..."` into its scheme and parameters.
-fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
-    let h = h.trim();
-    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
-    let mut params = HashMap::new();
-    let mut s = rest.trim();
-    while !s.is_empty() {
-        let Some((k, after)) = s.split_once('=') else {
-            break;
-        };
-        let k = k.trim().to_ascii_lowercase();
-        let after = after.trim_start();
-        let (v, next) = if let Some(q) = after.strip_prefix('"') {
-            match q.find('"') {
-                Some(i) => (&q[..i], &q[i + 1..]),
-                None => (q, ""),
-            }
-        } else {
-            match after.find(',') {
-                Some(i) => (&after[..i], &after[i..]),
-                None => (after, ""),
-            }
-        };
-        params.insert(k, v.to_owned());
-        s = next.trim_start().trim_start_matches(',').trim_start();
-    }
-    (scheme.to_ascii_lowercase(), params)
-}
+use berth_auth::header::parse_challenge;
 
 fn send_error(e: reqwest::Error) -> UpstreamError {
     UpstreamError::Unavailable(format!("{e}"))
@@ -449,26 +422,4 @@ fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
         }
         s => UpstreamError::Other(format!("{} answered {s}", resp.url())),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_bearer_challenges() {
-        let (s, p) = parse_challenge(
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
-        );
-        assert_eq!(s, "bearer");
-        assert_eq!(p["realm"], "https://auth.docker.io/token");
-        assert_eq!(p["service"], "registry.docker.io");
-        assert_eq!(p["scope"], "repository:library/busybox:pull");
-        let (s, p) = parse_challenge(r#"Basic realm="berth""#);
-        assert_eq!(s, "basic");
-        assert_eq!(p["realm"], "berth");
-        let (_, p) = parse_challenge("Bearer realm=https://x/t, service=reg");
-        assert_eq!(p["realm"], "https://x/t");
-        assert_eq!(p["service"], "reg");
-    }
 }

@@ -4,7 +4,7 @@
 use super::policy::PlatformCheck;
 use super::{Registry, RegistryError, Result};
 use berth_oci::image_config::{check_entry, ImageConfig};
-use berth_oci::manifest::is_index_media_type;
+use berth_oci::media_type::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use berth_oci::platform::{self, Candidate, Host, Platform, Resolution};
 use berth_oci::{Digest, Manifest, ManifestKind, Reference};
 use berth_storage::meta::{Finding, IndexEntry, StoredManifest};
@@ -242,7 +242,7 @@ impl Registry {
     }
 
     /// A pull of a manifest: the gate (for a tag under a pull-gating policy), then the
-    /// manifest as a client that accepts `accepts` (media types, `*/*`; empty: anything)
+    /// manifest as a client that sends `accepts` (`Accept` headers; none: anything)
     /// should get it: a client that takes no list type gets the linux/amd64 entry of a list
     /// (as distribution does), or MANIFEST_UNKNOWN. A tag is resolved once: the gate and the
     /// bytes served are about the same digest, however the tag moves meanwhile.
@@ -250,7 +250,7 @@ impl Registry {
         &self,
         repo: &str,
         reference: &Reference,
-        accepts: &[String],
+        accepts: &berth_oci::accept::Accept,
     ) -> Result<Arc<StoredManifest>> {
         let digest = self.resolve(repo, reference).await?;
         if let Reference::Tag(tag) = reference {
@@ -262,12 +262,14 @@ impl Registry {
         }
         // By digest the client gets exactly those bytes, whatever it accepts (distribution
         // substitutes only for tags: it cannot return content that does not match a digest).
-        if !Self::is_index(&m) || accepts.is_empty() || matches!(reference, Reference::Digest(_)) {
+        if !Self::is_index(&m) || !accepts.present || matches!(reference, Reference::Digest(_)) {
             return Ok(m);
         }
+        // The list goes to a client that takes its type or either list type with q > 0
+        // (`*/*` included; `q=0` excludes even under `*/*`).
         let takes_list = accepts
-            .iter()
-            .any(|t| t == "*/*" || *t == m.media_type || is_index_media_type(t));
+            .negotiate(&[m.media_type.as_str(), OCI_INDEX, DOCKER_MANIFEST_LIST])
+            .is_some();
         if takes_list {
             return Ok(m);
         }

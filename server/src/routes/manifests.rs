@@ -44,16 +44,13 @@ pub async fn get(
     Ok((StatusCode::OK, headers, Body::from(m.content.clone())).into_response())
 }
 
-/// The media types of every `Accept` header (`a, b;q=0.5` → `a`, `b`), parameters dropped.
-/// An empty header still counts as one (empty) type: the client sent an Accept that names no
-/// list type.
-fn accepted_types(h: &HeaderMap) -> Vec<String> {
-    h.get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.split(';').next().unwrap_or("").trim().to_owned())
-        .collect()
+/// Every `Accept` header of the request (values that are not text are skipped).
+fn accepted_types(h: &HeaderMap) -> berth_oci::accept::Accept {
+    berth_oci::accept::Accept::parse(
+        h.get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 /// PUT: validate, store byte-exact, tag.
@@ -151,11 +148,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accept_headers_become_media_types() {
+    fn accept_headers_become_media_ranges() {
         let mut h = HeaderMap::new();
-        assert!(accepted_types(&h).is_empty());
+        assert!(!accepted_types(&h).present);
         h.append(header::ACCEPT, HeaderValue::from_static("a/b, c/d;q=0.5"));
         h.append(header::ACCEPT, HeaderValue::from_static(" */* ;q=0.1,,"));
-        assert_eq!(accepted_types(&h), ["a/b", "c/d", "*/*", "", ""]);
+        let a = accepted_types(&h);
+        let got: Vec<(&str, u16)> = a.ranges.iter().map(|r| (r.range.as_str(), r.q)).collect();
+        assert_eq!(got, [("a/b", 1000), ("c/d", 500), ("*/*", 100)]);
     }
 }

@@ -26,69 +26,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Request};
 use axum::response::{IntoResponse, Response};
 use berth_auth::Action;
-use berth_oci::{Digest, Reference, RepoName};
+use berth_oci::{Digest, Reference};
 use uuid::Uuid;
 
 pub use catalog::catalog;
 
-/// The endpoint families of the spec, with their parsed parameters.
-#[derive(Debug, PartialEq)]
-pub enum OciPath {
-    /// `/v2/<name>/manifests/<reference>`
-    Manifest {
-        /// Repository.
-        name: RepoName,
-        /// Tag or digest.
-        reference: Reference,
-    },
-    /// `/v2/<name>/manifests/<reference>` whose reference is neither a tag nor a digest: no
-    /// manifest has it (GET, HEAD and DELETE answer 404), and a PUT cannot create it (400).
-    ManifestBadTag {
-        /// Repository.
-        name: RepoName,
-        /// Why the reference is not a tag.
-        why: String,
-    },
-    /// `/v2/<name>/blobs/<digest>`
-    Blob {
-        /// Repository.
-        name: RepoName,
-        /// Digest.
-        digest: Digest,
-    },
-    /// `/v2/<name>/blobs/uploads/`
-    UploadStart {
-        /// Repository.
-        name: RepoName,
-    },
-    /// `/v2/<name>/blobs/uploads/<id>`
-    Upload {
-        /// Repository.
-        name: RepoName,
-        /// Session id (unparsed: an unknown or malformed id is BLOB_UPLOAD_UNKNOWN).
-        id: String,
-    },
-    /// `/v2/<name>/tags/list`
-    Tags {
-        /// Repository.
-        name: RepoName,
-    },
-    /// `/v2/<name>/referrers/<digest>`
-    Referrers {
-        /// Repository.
-        name: RepoName,
-        /// Subject digest.
-        digest: Digest,
-    },
-}
+pub use berth_oci::OciPath;
 
 fn not_found() -> ApiError {
     Refusal::NoEndpoint.into()
-}
-
-fn name(s: &str) -> Result<RepoName, ApiError> {
-    s.parse()
-        .map_err(|e: berth_oci::NameError| Refusal::NameInvalid(e.to_string()).into())
 }
 
 /// Parses a digest from a request, as DIGEST_INVALID on failure.
@@ -110,57 +56,14 @@ fn bad_tag(why: String) -> ApiError {
     Refusal::TagInvalid(why).into()
 }
 
-impl OciPath {
-    /// Parses the text after `/v2/`: `a/b/manifests/v1`, `a/b/blobs/uploads/`, ...
-    pub fn parse(rest: &str) -> Result<Self, ApiError> {
-        let (head, last) = rest.rsplit_once('/').ok_or_else(not_found)?;
-        // `/v2/<name>/blobs/uploads/` (trailing slash) and `/v2/<name>/blobs/uploads/<id>`.
-        if let Some(n) = head.strip_suffix("/blobs/uploads") {
-            if last.is_empty() {
-                return Ok(Self::UploadStart { name: name(n)? });
-            }
-            return Ok(Self::Upload {
-                name: name(n)?,
-                id: last.to_owned(),
-            });
-        }
-        if last.is_empty() {
-            // `/v2/<name>/blobs/uploads` without the slash is accepted too.
-            if let Some(n) = head.strip_suffix("/blobs/uploads") {
-                return Ok(Self::UploadStart { name: name(n)? });
-            }
-            return Err(not_found());
-        }
-        if last == "uploads" {
-            if let Some(n) = head.strip_suffix("/blobs") {
-                return Ok(Self::UploadStart { name: name(n)? });
-            }
-        }
-        let (n, kind) = head.rsplit_once('/').ok_or_else(not_found)?;
-        Ok(match (kind, last) {
-            ("manifests", r) => {
-                let name = name(n)?;
-                match r.parse() {
-                    Ok(reference) => Self::Manifest { name, reference },
-                    Err(berth_oci::reference::ReferenceError::Tag(t)) => Self::ManifestBadTag {
-                        name,
-                        why: t.to_string(),
-                    },
-                    Err(e) => return Err(Refusal::DigestInvalid(e.to_string()).into()),
-                }
-            }
-            ("blobs", d) => Self::Blob {
-                name: name(n)?,
-                digest: digest(d)?,
-            },
-            ("tags", "list") => Self::Tags { name: name(n)? },
-            ("referrers", d) => Self::Referrers {
-                name: name(n)?,
-                digest: digest(d)?,
-            },
-            _ => return Err(not_found()),
-        })
-    }
+/// [`OciPath::parse`] with its refusals as the spec's errors: NAME_UNKNOWN for no endpoint,
+/// NAME_INVALID, DIGEST_INVALID.
+pub fn parse_path(rest: &str) -> Result<OciPath, ApiError> {
+    OciPath::parse(rest).map_err(|e| match e {
+        berth_oci::PathError::NoEndpoint => not_found(),
+        berth_oci::PathError::NameInvalid(m) => Refusal::NameInvalid(m).into(),
+        berth_oci::PathError::DigestInvalid(m) => Refusal::DigestInvalid(m).into(),
+    })
 }
 
 fn unsupported() -> ApiError {
@@ -215,7 +118,7 @@ pub async fn dispatch(
     State(st): State<AppState>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let path = OciPath::parse(&v2_rest(&req))?;
+    let path = parse_path(&v2_rest(&req))?;
     let method = req.method().clone();
     let caller = match &st.auth {
         Some(a) => a.check(req.headers(), req.extensions(), &need(&method, &path))?,
@@ -319,70 +222,36 @@ mod tests {
     }
 
     #[test]
-    fn parses_paths_from_the_right() {
-        let d = format!("sha256:{}", "a".repeat(64));
-        assert!(matches!(
-            OciPath::parse("a/b/manifests/v1"),
-            Ok(OciPath::Manifest { .. })
-        ));
-        match OciPath::parse(&format!("x/blobs/y/blobs/{d}")).unwrap() {
-            OciPath::Blob { name, .. } => assert_eq!(name.as_str(), "x/blobs/y"),
-            p => panic!("{p:?}"),
-        }
-        match OciPath::parse("manifests/blobs/uploads/").unwrap() {
-            OciPath::UploadStart { name } => assert_eq!(name.as_str(), "manifests"),
-            p => panic!("{p:?}"),
-        }
-        match OciPath::parse("a/tags/list/tags/list").unwrap() {
-            OciPath::Tags { name } => assert_eq!(name.as_str(), "a/tags/list"),
-            p => panic!("{p:?}"),
-        }
-        match OciPath::parse("mirror/mcr.microsoft.com/windows/servercore/blobs/uploads/abc")
-            .unwrap()
-        {
-            OciPath::Upload { name, id } => {
-                assert_eq!(name.as_str(), "mirror/mcr.microsoft.com/windows/servercore");
-                assert_eq!(id, "abc");
-            }
-            p => panic!("{p:?}"),
-        }
-        assert!(matches!(
-            OciPath::parse(&format!("a/referrers/{d}")),
-            Ok(OciPath::Referrers { .. })
-        ));
-    }
-
-    #[test]
     fn maps_bad_parts_to_codes() {
         assert_eq!(
-            code(OciPath::parse("A/manifests/v1")),
+            code(parse_path("A/manifests/v1")),
             Some(ErrorCode::NameInvalid)
         );
         assert_eq!(
-            code(OciPath::parse("a//b/manifests/v1")),
+            code(parse_path("a//b/manifests/v1")),
             Some(ErrorCode::NameInvalid)
         );
         assert_eq!(
-            code(OciPath::parse("a/blobs/sha256:zz")),
+            code(parse_path("a/blobs/sha256:zz")),
             Some(ErrorCode::DigestInvalid)
         );
         assert_eq!(
-            code(OciPath::parse("a/manifests/sha256:zz")),
+            code(parse_path("a/manifests/sha256:zz")),
             Some(ErrorCode::DigestInvalid)
         );
         assert!(matches!(
-            OciPath::parse("a/manifests/-bad"),
+            parse_path("a/manifests/-bad"),
             Ok(OciPath::ManifestBadTag { .. })
         ));
         assert!(matches!(
-            OciPath::parse("a/manifests/.INVALID_MANIFEST_NAME"),
+            parse_path("a/manifests/.INVALID_MANIFEST_NAME"),
             Ok(OciPath::ManifestBadTag { .. })
         ));
         assert_eq!(
-            code(OciPath::parse("a/whatever/x")),
+            code(parse_path("a/whatever/x")),
             Some(ErrorCode::NameUnknown)
         );
         let long = format!("{}/manifests/v1", "a".repeat(256));
-        assert_eq!(code(OciPath::parse(&long)), Some(ErrorCode::NameInvalid));
+        assert_eq!(code(parse_path(&long)), Some(ErrorCode::NameInvalid));
     }
 }
