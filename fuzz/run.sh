@@ -2,7 +2,7 @@
 # Runs berth's fuzz targets (cargo-fuzz / libFuzzer, no sanitizer: the fuzzed crates have no
 # unsafe code, and a sanitizer needs a nightly toolchain this machine does not have).
 #
-#   fuzz/run.sh                     every target 20 s (what CI runs)
+#   fuzz/run.sh                     every target 20 s (what CI runs; FUZZ_SECONDS=n to change)
 #   fuzz/run.sh --seconds 300 manifest resolver
 #   fuzz/run.sh --hours 2           the long run (bench/fuzz.sh calls this)
 #
@@ -12,7 +12,7 @@
 # `cargo fuzz run -s none -O <target> <file>`). A table of execs, execs/s and coverage follows.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-SECONDS_EACH=20
+SECONDS_EACH="${FUZZ_SECONDS:-20}"
 TARGETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
