@@ -1113,9 +1113,13 @@ mod tests {
             .expect("push");
         }
         for _ in 0..100 {
-            reg.pull_manifest("a/b", &Reference::Tag("pulled".parse().expect("tag")), &[])
-                .await
-                .expect("pull");
+            reg.pull_manifest(
+                "a/b",
+                &Reference::Tag("pulled".parse().expect("tag")),
+                &Default::default(),
+            )
+            .await
+            .expect("pull");
         }
         let id = reg.meta.gc_repositories().await.expect("repos")[0].0;
         let rows = reg.meta.retention_tags(id).await.expect("tags");
