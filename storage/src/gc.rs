@@ -334,7 +334,11 @@ impl<'a> Collector<'a> {
             )));
         }
         if let Some(id) = self.run_id {
-            match self.meta.gc_runs_interrupted(id).await {
+            match self
+                .meta
+                .runs_interrupted(crate::meta::RunKind::Gc, id)
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     runs = n,

@@ -4,7 +4,7 @@
 use super::{Registry, RegistryError, Result};
 use berth_oci::Digest;
 use berth_storage::gc::{Collector, Options, Phase, Progress, Report};
-use berth_storage::meta::GcRunRow;
+use berth_storage::meta::RunRow;
 use serde::Serialize;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -158,7 +158,11 @@ impl Registry {
                 total: 0,
             });
         }
-        match self.meta.gc_run_start(trigger, dry_run).await {
+        match self
+            .meta
+            .run_start(berth_storage::meta::RunKind::Gc, trigger, dry_run)
+            .await
+        {
             Ok(id) => {
                 self.set_live(id);
                 Ok(id)
@@ -211,7 +215,9 @@ impl Registry {
         match out {
             Ok(report) => {
                 let json = serde_json::to_string(&report).unwrap_or_default();
-                self.meta.gc_run_finish(id, "succeeded", &json).await?;
+                self.meta
+                    .run_finish(berth_storage::meta::RunKind::Gc, id, "succeeded", &json)
+                    .await?;
                 tracing::info!(
                     gc.run = id,
                     dry_run = mode.dry_run,
@@ -226,7 +232,11 @@ impl Registry {
             }
             Err(e) => {
                 let json = serde_json::json!({ "error": e.to_string() }).to_string();
-                if let Err(e2) = self.meta.gc_run_finish(id, "failed", &json).await {
+                if let Err(e2) = self
+                    .meta
+                    .run_finish(berth_storage::meta::RunKind::Gc, id, "failed", &json)
+                    .await
+                {
                     tracing::warn!(error = %e2, "could not record the GC run's failure");
                 }
                 tracing::error!(gc.run = id, error = %e, "garbage collection failed");
@@ -240,16 +250,23 @@ impl Registry {
 
     /// Past runs, newest first (with this process's live progress on a running one).
     pub async fn gc_runs(&self, limit: i64) -> Result<Vec<GcRun>> {
-        let rows = self.meta.gc_runs(limit).await?;
+        let rows = self
+            .meta
+            .runs(berth_storage::meta::RunKind::Gc, limit)
+            .await?;
         Ok(rows.into_iter().map(|r| self.gc_run_view(r)).collect())
     }
 
     /// One run.
     pub async fn gc_run(&self, id: i64) -> Result<Option<GcRun>> {
-        Ok(self.meta.gc_run(id).await?.map(|r| self.gc_run_view(r)))
+        Ok(self
+            .meta
+            .run(berth_storage::meta::RunKind::Gc, id)
+            .await?
+            .map(|r| self.gc_run_view(r)))
     }
 
-    fn gc_run_view(&self, r: GcRunRow) -> GcRun {
+    fn gc_run_view(&self, r: RunRow) -> GcRun {
         let live = *self.gc.live.lock().unwrap_or_else(|p| p.into_inner());
         GcRun {
             progress: live.filter(|l| l.id == r.id && r.state == "running"),
@@ -680,7 +697,11 @@ mod tests {
     #[tokio::test]
     async fn the_next_run_marks_a_killed_runs_record_interrupted() {
         let (_dir, reg) = registry(0).await;
-        let killed = reg.meta.gc_run_start("api", false).await.expect("record");
+        let killed = reg
+            .meta
+            .run_start(berth_storage::meta::RunKind::Gc, "api", false)
+            .await
+            .expect("record");
         let (id, _) = reg
             .run_gc("test", GcMode::default(), &|_| {})
             .await

@@ -15,7 +15,7 @@
 
 use super::{Registry, RegistryError, Result};
 use berth_oci::RepoPattern;
-use berth_storage::meta::{RetentionRunRow, TagRow};
+use berth_storage::meta::{RunRow, TagRow};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -256,8 +256,8 @@ pub struct RetentionRun {
     pub report: Option<serde_json::Value>,
 }
 
-impl From<RetentionRunRow> for RetentionRun {
-    fn from(r: RetentionRunRow) -> Self {
+impl From<RunRow> for RetentionRun {
+    fn from(r: RunRow) -> Self {
         Self {
             report: r
                 .report
@@ -389,7 +389,11 @@ impl Registry {
                 (until - berth_storage::now_secs()).max(0)
             )));
         }
-        match self.meta.retention_run_start(trigger, dry_run).await {
+        match self
+            .meta
+            .run_start(berth_storage::meta::RunKind::Retention, trigger, dry_run)
+            .await
+        {
             Ok(id) => {
                 *self
                     .retention
@@ -422,7 +426,9 @@ impl Registry {
                 ));
             }
             // Runs left `running` by a process that died (this one is the only live run).
-            self.meta.retention_runs_interrupted(id).await?;
+            self.meta
+                .runs_interrupted(berth_storage::meta::RunKind::Retention, id)
+                .await?;
             let r = self.retention_pass(dry_run).await;
             if let Err(e) = self.meta.release_lease(LEASE, &holder).await {
                 tracing::warn!(error = %e, "could not release the retention lease");
@@ -440,7 +446,12 @@ impl Registry {
             Ok(report) => {
                 let json = serde_json::to_string(&report).unwrap_or_default();
                 self.meta
-                    .retention_run_finish(id, "succeeded", &json)
+                    .run_finish(
+                        berth_storage::meta::RunKind::Retention,
+                        id,
+                        "succeeded",
+                        &json,
+                    )
                     .await?;
                 tracing::info!(
                     retention.run = id,
@@ -454,7 +465,11 @@ impl Registry {
             }
             Err(e) => {
                 let json = serde_json::json!({ "error": e.to_string() }).to_string();
-                if let Err(e2) = self.meta.retention_run_finish(id, "failed", &json).await {
+                if let Err(e2) = self
+                    .meta
+                    .run_finish(berth_storage::meta::RunKind::Retention, id, "failed", &json)
+                    .await
+                {
                     tracing::warn!(error = %e2, "could not record the retention run's failure");
                 }
                 tracing::error!(retention.run = id, error = %e, "retention failed");
@@ -520,7 +535,7 @@ impl Registry {
     pub async fn retention_runs(&self, limit: i64) -> Result<Vec<RetentionRun>> {
         Ok(self
             .meta
-            .retention_runs(limit)
+            .runs(berth_storage::meta::RunKind::Retention, limit)
             .await?
             .into_iter()
             .map(Into::into)
@@ -529,7 +544,11 @@ impl Registry {
 
     /// One run.
     pub async fn retention_run(&self, id: i64) -> Result<Option<RetentionRun>> {
-        Ok(self.meta.retention_run(id).await?.map(Into::into))
+        Ok(self
+            .meta
+            .run(berth_storage::meta::RunKind::Retention, id)
+            .await?
+            .map(Into::into))
     }
 
     /// Spawns the scheduled runs, if `[retention] schedule` is set.

@@ -79,25 +79,6 @@ pub struct KnownObjects {
     pub uploads: std::collections::HashSet<String>,
 }
 
-/// A GC run as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct GcRunRow {
-    /// Id.
-    pub id: i64,
-    /// `cli`, `api` or `schedule`.
-    pub trigger: String,
-    /// Whether nothing was removed.
-    pub dry_run: bool,
-    /// `running`, `succeeded` or `failed`.
-    pub state: String,
-    /// Unix seconds.
-    pub started_at: i64,
-    /// Unix seconds, once finished.
-    pub finished_at: Option<i64>,
-    /// The report (JSON text), once finished.
-    pub report: Option<String>,
-}
-
 fn blob_row(r: sqlx::sqlite::SqliteRow) -> Result<BlobRow> {
     Ok(BlobRow {
         digest: digest_col(r.get(0))?,
@@ -105,18 +86,6 @@ fn blob_row(r: sqlx::sqlite::SqliteRow) -> Result<BlobRow> {
         location: r.get(2),
         touched_at: r.get(3),
     })
-}
-
-fn gc_run_row(r: sqlx::sqlite::SqliteRow) -> GcRunRow {
-    GcRunRow {
-        id: r.get(0),
-        trigger: r.get(1),
-        dry_run: r.get::<i64, _>(2) != 0,
-        state: r.get(3),
-        started_at: r.get(4),
-        finished_at: r.get(5),
-        report: r.get(6),
-    }
 }
 
 impl Meta {
@@ -458,71 +427,5 @@ impl Meta {
         }
         tx.commit().await?;
         Ok(held)
-    }
-
-    // === run records ===
-
-    /// Records the start of a run.
-    pub async fn gc_run_start(&self, trigger: &str, dry_run: bool) -> Result<i64> {
-        let id = sqlx::query_scalar(
-            "INSERT INTO gc_runs (trigger, dry_run, state, started_at) VALUES ($1, $2, 'running', $3) RETURNING id",
-        )
-        .bind(trigger)
-        .bind(dry_run as i64)
-        .bind(now_secs())
-        .fetch_one(&self.write)
-        .await?;
-        Ok(id)
-    }
-
-    /// Records how a run ended.
-    pub async fn gc_run_finish(&self, id: i64, state: &str, report: &str) -> Result<()> {
-        sqlx::query("UPDATE gc_runs SET state = $2, finished_at = $3, report = $4 WHERE id = $1")
-            .bind(id)
-            .bind(state)
-            .bind(now_secs())
-            .bind(report)
-            .execute(&self.write)
-            .await?;
-        Ok(())
-    }
-
-    /// Marks runs recorded before run `current` and still `running` as `interrupted`: their
-    /// process died (the next run finishes their work). Only call while holding the GC lease:
-    /// a live run holds it, so none of these is live (one that recorded itself but has not
-    /// asked for the lease yet will fail to get it and record `failed` over this).
-    pub async fn gc_runs_interrupted(&self, current: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE gc_runs SET state = 'interrupted', finished_at = $1 WHERE state = 'running' AND id < $2",
-        )
-        .bind(now_secs())
-        .bind(current)
-        .execute(&self.write)
-        .await?
-        .rows_affected())
-    }
-
-    /// The latest runs, newest first.
-    pub async fn gc_runs(&self, limit: i64) -> Result<Vec<GcRunRow>> {
-        Ok(sqlx::query(
-            "SELECT id, trigger, dry_run, state, started_at, finished_at, report FROM gc_runs ORDER BY id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?
-        .into_iter()
-        .map(gc_run_row)
-        .collect())
-    }
-
-    /// One run.
-    pub async fn gc_run(&self, id: i64) -> Result<Option<GcRunRow>> {
-        Ok(sqlx::query(
-            "SELECT id, trigger, dry_run, state, started_at, finished_at, report FROM gc_runs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.read)
-        .await?
-        .map(gc_run_row))
     }
 }

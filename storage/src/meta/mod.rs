@@ -9,12 +9,14 @@ mod gc;
 mod mirror;
 mod quota;
 mod retention;
+mod runs;
 mod verify;
 pub use auth::{Permission, Robot, User};
-pub use gc::{BlobRow, Edge, GcRunRow, KnownObjects, ManifestNode, RepoGraph};
+pub use gc::{BlobRow, Edge, KnownObjects, ManifestNode, RepoGraph};
 pub use mirror::{MirrorRun, MirrorTag, RunTotals};
 pub use quota::{QuotaRecount, QuotaRule, QuotaUsage};
-pub use retention::{RetentionRunRow, TagRow};
+pub use retention::TagRow;
+pub use runs::{RunKind, RunRow};
 pub use verify::{ClaimFilter, Finish, Finished, JobRow, NewJob, WorkerRow};
 
 use crate::{now_secs, Error, Result};

@@ -6,7 +6,7 @@
 //! push after the snapshot wins.
 
 use super::{digest_col, Immutable, Meta, WriteTx};
-use crate::{now_secs, Result};
+use crate::Result;
 use berth_oci::Digest;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -24,37 +24,6 @@ pub struct TagRow {
     pub pulled_at: Option<i64>,
     /// `os.version` of every `windows` entry of the index it points at (empty for an image).
     pub windows_versions: Vec<String>,
-}
-
-/// A retention run as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionRunRow {
-    /// Id.
-    pub id: i64,
-    /// `cli`, `api` or `schedule`.
-    pub trigger: String,
-    /// Whether nothing was removed.
-    pub dry_run: bool,
-    /// `running`, `succeeded`, `failed` or `interrupted`.
-    pub state: String,
-    /// Unix seconds.
-    pub started_at: i64,
-    /// Unix seconds, once finished.
-    pub finished_at: Option<i64>,
-    /// The report (JSON text), once finished.
-    pub report: Option<String>,
-}
-
-fn run_row(r: sqlx::sqlite::SqliteRow) -> RetentionRunRow {
-    RetentionRunRow {
-        id: r.get(0),
-        trigger: r.get(1),
-        dry_run: r.get::<i64, _>(2) != 0,
-        state: r.get(3),
-        started_at: r.get(4),
-        finished_at: r.get(5),
-        report: r.get(6),
-    }
 }
 
 impl Meta {
@@ -169,71 +138,5 @@ impl Meta {
         .execute(&self.write)
         .await?;
         Ok(())
-    }
-
-    // === run records ===
-
-    /// Records the start of a run.
-    pub async fn retention_run_start(&self, trigger: &str, dry_run: bool) -> Result<i64> {
-        let id = sqlx::query_scalar(
-            "INSERT INTO retention_runs (trigger, dry_run, state, started_at) VALUES ($1, $2, 'running', $3) RETURNING id",
-        )
-        .bind(trigger)
-        .bind(dry_run as i64)
-        .bind(now_secs())
-        .fetch_one(&self.write)
-        .await?;
-        Ok(id)
-    }
-
-    /// Records how a run ended.
-    pub async fn retention_run_finish(&self, id: i64, state: &str, report: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE retention_runs SET state = $2, finished_at = $3, report = $4 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(state)
-        .bind(now_secs())
-        .bind(report)
-        .execute(&self.write)
-        .await?;
-        Ok(())
-    }
-
-    /// Marks runs other than `current` left `running` (by a process that died) as
-    /// interrupted. Only call while holding the retention lease.
-    pub async fn retention_runs_interrupted(&self, current: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE retention_runs SET state = 'interrupted', finished_at = $1 WHERE state = 'running' AND id <> $2",
-        )
-        .bind(now_secs())
-        .bind(current)
-        .execute(&self.write)
-        .await?
-        .rows_affected())
-    }
-
-    /// The latest runs, newest first.
-    pub async fn retention_runs(&self, limit: i64) -> Result<Vec<RetentionRunRow>> {
-        Ok(sqlx::query(
-            "SELECT id, trigger, dry_run, state, started_at, finished_at, report FROM retention_runs ORDER BY id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?
-        .into_iter()
-        .map(run_row)
-        .collect())
-    }
-
-    /// One run.
-    pub async fn retention_run(&self, id: i64) -> Result<Option<RetentionRunRow>> {
-        Ok(sqlx::query(
-            "SELECT id, trigger, dry_run, state, started_at, finished_at, report FROM retention_runs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.read)
-        .await?
-        .map(run_row))
     }
 }
