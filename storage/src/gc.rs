@@ -589,17 +589,12 @@ impl<'a> Collector<'a> {
                 .collect();
             // Locations are re-checked against a fresh read: a row or an upload that
             // appeared since the listing keeps its object.
-            let now_known = self.meta.gc_known_objects().await?;
+            let locations: Vec<String> = batch.iter().filter_map(|o| o.location.clone()).collect();
+            let now_known = self.meta.gc_known_locations(&locations).await?;
             let go: Vec<StoredObject> = batch
                 .iter()
                 .filter(|o| match (&o.digest, &o.location) {
-                    (_, Some(l)) => {
-                        !now_known.locations.contains(l)
-                            && !l
-                                .rsplit('/')
-                                .next()
-                                .is_some_and(|id| now_known.uploads.contains(id))
-                    }
+                    (_, Some(l)) => !now_known.contains(l),
                     (Some(d), None) => held.contains(d),
                     (None, None) => false,
                 })

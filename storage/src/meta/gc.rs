@@ -405,6 +405,32 @@ impl Meta {
         Ok(k)
     }
 
+    /// Which of `locations` a blob row records, or belong to an upload in progress (the last
+    /// path segment is its id): the orphan pass's re-check, just before it deletes.
+    pub async fn gc_known_locations(
+        &self,
+        locations: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut tx = self.read.begin().await?;
+        let mut known = std::collections::HashSet::new();
+        for l in locations {
+            let id = l.rsplit('/').next().unwrap_or_default();
+            let hit: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 WHERE EXISTS (SELECT 1 FROM blobs WHERE location = $1) \
+                 OR EXISTS (SELECT 1 FROM uploads WHERE id = $2)",
+            )
+            .bind(l)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if hit.is_some() {
+                known.insert(l.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(known)
+    }
+
     /// Records bytes at digests' places that no row knows as blobs being deleted, so that a
     /// push of the same digest waits for them to go (as it waits for a GC sweep). Returns
     /// the digests recorded (a push that recorded one first keeps it).
