@@ -16,7 +16,8 @@
 //! the row to go (the registry's `publish`), so it never acknowledges a blob whose bytes are
 //! being removed; a manifest push checks its blobs are linked in its own commit.
 //!
-//! **One run at a time**, under the `gc` lease (renewed at every batch). A run killed at any
+//! **One run at a time**, under the `gc` lease (renewed between batches once a sixth of its
+//! term has passed, so a run costs pushes few extra write transactions). A run killed at any
 //! point leaves rows that are either untouched, deleted with everything that referenced them
 //! already gone, or marked `deleting`: the next run removes their bytes first.
 
@@ -30,8 +31,12 @@ use std::time::Instant;
 
 /// The lease a GC run holds.
 pub const LEASE: &str = "gc";
-/// How long a lease lasts without renewal; every batch renews it.
+/// How long a lease lasts without renewal.
 pub const LEASE_TTL_SECS: i64 = 60;
+/// A batch renews the lease only when the last renewal is older than this: the lease stays
+/// ours (five sixths of its term left) without a write transaction before every batch, each of
+/// which a concurrent push would wait behind.
+const RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(LEASE_TTL_SECS as u64 / 6);
 /// Manifests or links deleted per write transaction: short transactions keep pushes flowing.
 const BATCH: usize = 200;
 /// Digests listed per repository (and for blobs) in a report.
@@ -282,6 +287,8 @@ pub struct Collector<'a> {
     store: &'a dyn BlobStore,
     holder: String,
     run_id: Option<i64>,
+    /// When this collector last acquired or renewed the lease.
+    renewed: std::sync::Mutex<Option<Instant>>,
 }
 
 impl<'a> Collector<'a> {
@@ -292,6 +299,7 @@ impl<'a> Collector<'a> {
             store,
             holder: holder.into(),
             run_id: None,
+            renewed: std::sync::Mutex::new(None),
         }
     }
 
@@ -302,12 +310,25 @@ impl<'a> Collector<'a> {
         self
     }
 
+    fn renewed_recently(&self) -> bool {
+        let last = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        last.is_some_and(|t| t.elapsed() < RENEW_AFTER)
+    }
+
+    fn mark_renewed(&self) {
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
     async fn renew(&self) -> Result<()> {
+        if self.renewed_recently() {
+            return Ok(());
+        }
         if self
             .meta
             .acquire_lease(LEASE, &self.holder, LEASE_TTL_SECS)
             .await?
         {
+            self.mark_renewed();
             Ok(())
         } else {
             Err(Error::Busy(
@@ -333,6 +354,7 @@ impl<'a> Collector<'a> {
                 (until - now_secs()).max(0)
             )));
         }
+        self.mark_renewed();
         if let Some(id) = self.run_id {
             match self
                 .meta
@@ -348,6 +370,7 @@ impl<'a> Collector<'a> {
             }
         }
         let out = self.run_leased(opts, progress).await;
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(e) = self.meta.release_lease(LEASE, &self.holder).await {
             tracing::warn!(error = %e, "GC lease not released; it expires by itself");
         }
