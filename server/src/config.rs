@@ -65,8 +65,9 @@ pub struct AuthConfig {
     pub refresh_ttl_secs: u64,
     /// Repository patterns anyone may pull.
     pub anonymous_pull: Vec<String>,
-    /// Failed logins per (account, client IP) per minute before 429; each client IP may fail
-    /// ten times as often over all accounts.
+    /// Failed logins per (account, client IP) pair per minute before that pair gets 429.
+    /// Other accounts from the same IP are never throttled by it (ten times as many failures
+    /// from one IP over all accounts are only logged).
     pub failed_login_limit: u32,
     /// Password verifications (argon2, ~19 MiB each) running at once; 0: the number of CPUs.
     /// Logins beyond these and a short queue get 429.

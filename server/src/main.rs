@@ -51,6 +51,8 @@ enum Command {
         /// Print the JSON answer.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        creds: cli::creds::Args,
     },
     /// Show a tag's variant table: platform, os.version, size, layers, config, findings.
     Inspect {
@@ -62,6 +64,8 @@ enum Command {
         /// Print the JSON answer.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        creds: cli::creds::Args,
     },
     /// Manage users (on the server's database).
     User {
@@ -457,14 +461,16 @@ fn main() -> ExitCode {
             rule,
             registry,
             json,
+            creds,
         } => cli::client::run(cli::client::resolve(
-            &registry, &reference, &platform, &isolation, &rule, json,
+            &registry, &reference, &platform, &isolation, &rule, json, &creds,
         )),
         Command::Inspect {
             reference,
             registry,
             json,
-        } => cli::client::run(cli::client::inspect(&registry, &reference, json)),
+            creds,
+        } => cli::client::run(cli::client::inspect(&registry, &reference, json, &creds)),
         Command::Verify {
             op,
             reference,

@@ -38,20 +38,22 @@ fn split_ref(r: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// GET with Basic credentials from `BERTH_USERNAME`/`BERTH_PASSWORD` when they are set
-/// (a registry with auth on asks for pull on the repository).
-async fn get_json(url: reqwest::Url) -> anyhow::Result<Value> {
-    let mut req = reqwest::Client::new().get(url.clone());
-    if let Ok(user) = std::env::var("BERTH_USERNAME") {
-        req = req.basic_auth(user, std::env::var("BERTH_PASSWORD").ok());
-    }
-    let resp = req.send().await.with_context(|| format!("GET {url}"))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.context("reading the answer")?;
-    if !status.is_success() {
-        return Err(api_error(status, &body));
-    }
-    Ok(body)
+/// GET of berth's API with the client credentials (`cli::creds`): pull on the repository.
+async fn get_json(
+    registry: &str,
+    creds: &crate::cli::creds::Args,
+    url: reqwest::Url,
+    repo: &str,
+) -> anyhow::Result<Value> {
+    let session = crate::cli::creds::Session::new(registry, creds)?;
+    session
+        .send(
+            || session.http.get(url.clone()),
+            repo,
+            &format!("repository:{repo}:pull"),
+        )
+        .await
+        .with_context(|| format!("GET {url}"))
 }
 
 /// A registry's error answer (the spec's error JSON) as `STATUS CODE: message`.
@@ -71,6 +73,7 @@ pub async fn resolve(
     isolation: &str,
     rule: &str,
     json: bool,
+    creds: &crate::cli::creds::Args,
 ) -> anyhow::Result<bool> {
     let (repo, r) = split_ref(reference)?;
     let mut url = reqwest::Url::parse(registry)?.join("/berth/v1/resolve")?;
@@ -80,7 +83,7 @@ pub async fn resolve(
         .append_pair("platform", platform)
         .append_pair("isolation", isolation)
         .append_pair("rule", rule);
-    let v = get_json(url).await?;
+    let v = get_json(registry, creds, url, &repo).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -138,13 +141,18 @@ pub async fn resolve(
 }
 
 /// `berth inspect`.
-pub async fn inspect(registry: &str, reference: &str, json: bool) -> anyhow::Result<bool> {
+pub async fn inspect(
+    registry: &str,
+    reference: &str,
+    json: bool,
+    creds: &crate::cli::creds::Args,
+) -> anyhow::Result<bool> {
     let (repo, r) = split_ref(reference)?;
     let mut url = reqwest::Url::parse(registry)?.join("/berth/v1/inspect")?;
     url.query_pairs_mut()
         .append_pair("repository", &repo)
         .append_pair("reference", &r);
-    let v = get_json(url).await?;
+    let v = get_json(registry, creds, url, &repo).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(true);

@@ -3,6 +3,7 @@
 //! (`berth_server`) never uses these modules.
 
 pub mod client;
+pub mod creds;
 pub mod gc;
 pub mod mirror;
 pub mod quota;

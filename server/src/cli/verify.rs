@@ -20,63 +20,61 @@ pub struct Conn {
         global = true
     )]
     pub registry: String,
-    /// User or robot (`robot$name`) for registries with authentication.
-    #[arg(long, env = "BERTH_USERNAME", global = true)]
-    pub username: Option<String>,
-    /// Its password or secret.
-    #[arg(long, env = "BERTH_PASSWORD", global = true, hide_env_values = true)]
-    pub password: Option<String>,
+    #[command(flatten)]
+    pub creds: crate::cli::creds::Args,
 }
 
 impl Conn {
     fn client(&self) -> anyhow::Result<Client> {
-        let base = reqwest::Url::parse(&self.registry)
-            .with_context(|| format!("registry URL {:?}", self.registry))?;
         Ok(Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()?,
-            base,
-            auth: self.username.clone().map(|u| (u, self.password.clone())),
+            s: crate::cli::creds::Session::new(&self.registry, &self.creds)?,
         })
     }
 }
 
 struct Client {
-    http: reqwest::Client,
-    base: reqwest::Url,
-    auth: Option<(String, Option<String>)>,
+    s: crate::cli::creds::Session,
+}
+
+fn repo_of(reference: &str) -> &str {
+    match reference.split_once('@') {
+        Some((r, _)) => r,
+        None => match reference.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => r,
+            _ => reference,
+        },
+    }
 }
 
 impl Client {
-    async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let rb = match &self.auth {
-            Some((u, p)) => rb.basic_auth(u, p.as_deref()),
-            None => rb,
-        };
-        let resp = rb.send().await.context("contacting the registry")?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(crate::cli::client::api_error(status, &body));
-        }
-        Ok(body)
-    }
-
     async fn status(&self, reference: &str) -> anyhow::Result<Value> {
-        let mut url = self.base.join("/berth/v1/verify/status")?;
+        let mut url = self.s.base.join("/berth/v1/verify/status")?;
         url.query_pairs_mut().append_pair("reference", reference);
-        self.send(self.http.get(url)).await
+        let repo = repo_of(reference);
+        self.s
+            .send(
+                || self.s.http.get(url.clone()),
+                repo,
+                &format!("repository:{repo}:pull"),
+            )
+            .await
     }
 
     async fn queue(&self, reference: &str) -> anyhow::Result<Value> {
-        let url = self.base.join("/berth/v1/verify/jobs")?;
-        self.send(
-            self.http
-                .post(url)
-                .json(&serde_json::json!({ "reference": reference })),
-        )
-        .await
+        let url = self.s.base.join("/berth/v1/verify/jobs")?;
+        let repo = repo_of(reference);
+        self.s
+            .send(
+                || {
+                    self.s
+                        .http
+                        .post(url.clone())
+                        .json(&serde_json::json!({ "reference": reference }))
+                },
+                repo,
+                &format!("repository:{repo}:pull,push,verify"),
+            )
+            .await
     }
 }
 

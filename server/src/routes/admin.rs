@@ -159,6 +159,31 @@ pub(crate) async fn who(st: &AppState, h: &HeaderMap, peer: SocketAddr) -> Resul
     })
 }
 
+/// The caller of a repository endpoint that needs pull (inspect, resolve, verify status),
+/// with the anonymous rules of `/v2/`: without credentials a public repository
+/// (`auth.anonymous_pull`) is served, and any other gets a Bearer challenge naming the
+/// repository's pull scope (an anonymous token then carries `berth grant --anonymous` rules).
+pub(crate) async fn who_may_pull(
+    st: &AppState,
+    h: &HeaderMap,
+    peer: SocketAddr,
+    repo: &str,
+) -> Result<Who, ApiError> {
+    if let Some(a) = st.auth.as_deref() {
+        if !h.contains_key(axum::http::header::AUTHORIZATION) {
+            let need = crate::auth::Need::Repo(repo.to_owned(), Action::Pull);
+            a.check(h, &Extensions::new(), &need)?;
+            return Ok(Who {
+                principal: Some(Principal::Anonymous),
+                rules: Some(a.authorizer.rules(&Principal::Anonymous).await?),
+                token: Some(vec![]),
+                auth: st.auth.clone(),
+            });
+        }
+    }
+    who(st, h, peer).await
+}
+
 fn peer_of(parts: &Parts) -> Result<SocketAddr, ApiError> {
     parts
         .extensions

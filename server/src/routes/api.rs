@@ -41,7 +41,7 @@ async fn pullable(
     reference: &str,
 ) -> Result<(RepoName, Reference), ApiError> {
     let (name, r) = target(repository, reference)?;
-    super::admin::who(st, h, peer)
+    super::admin::who_may_pull(st, h, peer, name.as_str())
         .await?
         .require(name.as_str(), Action::Pull)?;
     Ok((name, r))

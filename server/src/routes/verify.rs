@@ -266,14 +266,19 @@ pub struct StatusQuery {
 }
 
 /// `GET /berth/v1/verify/status?reference=`: every required check of a reference.
+/// Anonymous callers as on `/v2/`: public repositories without a token, others get a Bearer
+/// challenge.
 pub async fn status(
     State(st): State<AppState>,
-    who: Who,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    h: axum::http::HeaderMap,
     q: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(super::api::bad_query)?;
     let (name, r) = parse_ref(&q.reference)?;
-    who.require(name.as_str(), Action::Pull)?;
+    super::admin::who_may_pull(&st, &h, peer, name.as_str())
+        .await?
+        .require(name.as_str(), Action::Pull)?;
     let digest = st.registry.resolve(name.as_str(), &r).await?;
     let status = st
         .registry
