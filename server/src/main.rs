@@ -233,6 +233,11 @@ enum VerifyOp {
         #[arg(long, default_value = "2s")]
         interval: String,
     },
+    /// Print the stored log tail of every check's job of a reference, or of one job by id.
+    Logs {
+        /// `repository:tag`, `repository@digest` or a job id.
+        target: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -502,6 +507,7 @@ fn main() -> ExitCode {
                     ExitCode::from(3)
                 }
             },
+            (Some(VerifyOp::Logs { target }), _) => cli::verify::logs(&conn, &target),
             (None, Some(reference)) => cli::verify::queue(&conn, &reference, json),
             (None, None) => {
                 eprintln!("berth verify: give a reference, or `status <ref>` / `wait <ref>`");

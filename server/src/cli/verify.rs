@@ -60,6 +60,37 @@ impl Client {
             .await
     }
 
+    async fn job(&self, id: i64) -> anyhow::Result<Value> {
+        let url = self.base.join(&format!("/berth/v1/verify/jobs/{id}"))?;
+        self.send(self.http.get(url)).await
+    }
+
+    async fn workers(&self) -> anyhow::Result<Value> {
+        let url = self.base.join("/berth/v1/verify/workers")?;
+        self.send(self.http.get(url)).await
+    }
+
+    /// Adds `cause` (the first meaningful line of the job's log tail) to every check that
+    /// ended without passing, so the generic message is not all a person sees.
+    async fn add_causes(&self, st: &mut Value) {
+        let Some(checks) = st["checks"].as_array_mut() else {
+            return;
+        };
+        for c in checks {
+            if !matches!(c["state"].as_str(), Some("failed" | "error")) {
+                continue;
+            }
+            let Some(id) = c["job"].as_i64() else {
+                continue;
+            };
+            if let Ok(j) = self.job(id).await {
+                if let Some(cause) = cause_line(j["log_tail"].as_str().unwrap_or("")) {
+                    c["cause"] = Value::String(cause);
+                }
+            }
+        }
+    }
+
     async fn queue(&self, reference: &str) -> anyhow::Result<Value> {
         let url = self.s.base.join("/berth/v1/verify/jobs")?;
         let repo = repo_of(reference);
@@ -121,6 +152,40 @@ pub fn parse_timeout(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(total_ms))
 }
 
+/// The first line of a log tail that says what went wrong: a line naming an error (runc's
+/// `msg="..."` unwrapped), else the last non-empty line.
+pub fn cause_line(log: &str) -> Option<String> {
+    const MARKS: [&str; 7] = [
+        "no such file",
+        "not found",
+        "permission denied",
+        "exec format error",
+        "exec:",
+        "error",
+        "fail",
+    ];
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let pick = MARKS
+        .iter()
+        .find_map(|m| lines.iter().find(|l| l.to_ascii_lowercase().contains(m)))
+        .or(lines.last())?;
+    let mut line = match pick.split_once("msg=\"") {
+        Some((_, rest)) => rest
+            .rsplit_once('"')
+            .map_or(rest, |(m, _)| m)
+            .replace("\\\"", "\""),
+        None => (*pick).to_owned(),
+    };
+    if line.chars().count() > 300 {
+        line = line.chars().take(300).collect::<String>() + "…";
+    }
+    Some(line)
+}
+
 fn check_line(c: &Value) -> String {
     let p = &c["platform"];
     let mut plat = format!(
@@ -152,10 +217,62 @@ fn check_line(c: &Value) -> String {
     if let Some(e) = c["exit_code"].as_i64() {
         s.push_str(&format!(" exit {e}"));
     }
+    if let Some(e) = c["previous_exit_code"].as_i64() {
+        s.push_str(&format!(" (previous attempt: exit {e})"));
+    }
     if let Some(m) = c["message"].as_str().filter(|m| !m.is_empty()) {
         s.push_str(&format!(" {m}"));
     }
+    if let Some(m) = c["cause"].as_str() {
+        s.push_str(&format!("\n      cause: {m}"));
+    }
     s
+}
+
+/// `os/arch` (and the host build on Windows) of every required, unfinished check that no
+/// registered worker can run.
+fn unserved(st: &Value, workers: &Value) -> Vec<String> {
+    let ws: Vec<&Value> = workers["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut out = Vec::new();
+    for c in st["checks"].as_array().into_iter().flatten() {
+        if !c["required"].as_bool().unwrap_or(true)
+            || !matches!(c["state"].as_str(), Some("queued" | "missing"))
+        {
+            continue;
+        }
+        let (os, arch) = (
+            c["platform"]["os"].as_str().unwrap_or("?"),
+            c["platform"]["architecture"].as_str().unwrap_or("?"),
+        );
+        let build = c["host_build"].as_str();
+        let served = ws.iter().any(|w| {
+            let p = &w["platform"];
+            p["os"].as_str() == Some(os)
+                && p["architecture"].as_str() == Some(arch)
+                && build.is_none_or(|b| {
+                    let v = p["os.version"].as_str().unwrap_or("");
+                    v == b || v.starts_with(&format!("{b}."))
+                })
+        });
+        let what = match build {
+            Some(b) => format!("{os}/{arch} host build {b}"),
+            None => format!("{os}/{arch}"),
+        };
+        if !served && !out.contains(&what) {
+            out.push(what);
+        }
+    }
+    out
+}
+
+fn warn_unserved(missing: &[String]) {
+    for m in missing {
+        eprintln!("berth: no worker registered for {m}: its checks cannot run until one registers");
+    }
 }
 
 fn print_status(st: &Value) {
@@ -216,7 +333,14 @@ pub fn queue(conn: &Conn, reference: &str, json: bool) -> ExitCode {
 
 /// `berth verify status <ref>`: exit 0 when every required check passed, 1 otherwise.
 pub fn status(conn: &Conn, reference: &str, json: bool) -> ExitCode {
-    let r = runtime().and_then(|rt| rt.block_on(async { conn.client()?.status(reference).await }));
+    let r = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let c = conn.client()?;
+            let mut st = c.status(reference).await?;
+            c.add_causes(&mut st).await;
+            Ok(st)
+        })
+    });
     match r {
         Ok(v) => {
             if json {
@@ -248,6 +372,7 @@ pub fn wait(conn: &Conn, reference: &str, timeout: Duration, interval: Duration)
         let start = Instant::now();
         let mut last = String::new();
         let mut errors = 0;
+        let mut warned = false;
         loop {
             let st = match c.status(reference).await {
                 Ok(v) => {
@@ -265,12 +390,28 @@ pub fn wait(conn: &Conn, reference: &str, timeout: Duration, interval: Duration)
                     continue;
                 }
             };
+            // Said at once when no registered worker can run a required check (the wait would
+            // otherwise run out its timeout in silence), and again at the timeout.
+            let unserved_now = if !warned || start.elapsed() >= timeout {
+                match c.workers().await {
+                    Ok(w) => unserved(&st, &w),
+                    Err(_) => Vec::new(),
+                }
+            } else {
+                Vec::new()
+            };
+            if !warned {
+                warn_unserved(&unserved_now);
+                warned = true;
+            }
+            let mut st = st;
             let line = summary(&st);
             if line != last {
                 println!("[{:>5}s] {reference}: {line}", start.elapsed().as_secs());
                 last = line;
             }
             if st["complete"].as_bool() == Some(true) {
+                c.add_causes(&mut st).await;
                 print_status(&st);
                 return if st["ok"].as_bool() == Some(true) {
                     println!("{reference}: every required check passed");
@@ -282,6 +423,7 @@ pub fn wait(conn: &Conn, reference: &str, timeout: Duration, interval: Duration)
             }
             if start.elapsed() >= timeout {
                 print_status(&st);
+                warn_unserved(&unserved_now);
                 println!(
                     "{reference}: timed out after {}s with checks pending",
                     timeout.as_secs()
@@ -294,9 +436,79 @@ pub fn wait(conn: &Conn, reference: &str, timeout: Duration, interval: Duration)
     })
 }
 
+/// `berth verify logs <ref|job-id>`: the stored log tail of a job, or of every check's job of
+/// a reference.
+pub fn logs(conn: &Conn, target: &str) -> ExitCode {
+    let r = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let c = conn.client()?;
+            let ids: Vec<i64> = match target.parse::<i64>() {
+                Ok(id) => vec![id],
+                Err(_) => {
+                    let st = c.status(target).await?;
+                    st["checks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["job"].as_i64())
+                        .collect()
+                }
+            };
+            if ids.is_empty() {
+                bail!("{target}: no verification job yet");
+            }
+            let mut jobs = Vec::new();
+            for id in ids {
+                jobs.push(c.job(id).await?);
+            }
+            Ok(jobs)
+        })
+    });
+    match r {
+        Ok(jobs) => {
+            for j in jobs {
+                let p = &j["platform"];
+                println!(
+                    "== job {} {}/{} {} {}: {} (attempt {}) {}",
+                    j["id"],
+                    p["os"].as_str().unwrap_or("?"),
+                    p["architecture"].as_str().unwrap_or("?"),
+                    j["isolation"].as_str().unwrap_or("?"),
+                    j["host_build"].as_str().unwrap_or("-"),
+                    j["state"].as_str().unwrap_or("?"),
+                    j["attempts"],
+                    j["message"].as_str().unwrap_or(""),
+                );
+                let tail = j["log_tail"].as_str().unwrap_or("");
+                if tail.is_empty() {
+                    println!("(no log output stored)");
+                } else {
+                    print!("{tail}");
+                    if !tail.ends_with('\n') {
+                        println!();
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes() {
+        let log = "starting\ntime=\"x\" level=error msg=\"runc create failed: exec: \\\"/bin/sh\\\": no such file or directory\"\n";
+        assert_eq!(
+            cause_line(log).unwrap(),
+            "runc create failed: exec: \"/bin/sh\": no such file or directory"
+        );
+        assert_eq!(cause_line("a\nb\n").unwrap(), "b");
+        assert_eq!(cause_line("\n"), None);
+    }
 
     #[test]
     fn timeouts() {

@@ -247,9 +247,12 @@ pub struct Check {
     pub job: Option<i64>,
     /// A result from a test double.
     pub simulated: bool,
-    /// Probe exit code.
+    /// Probe exit code of the current run (absent while a re-queued check runs again).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// While a re-queued check runs again: the exit code its previous run ended with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_exit_code: Option<i64>,
     /// Last message.
     pub message: String,
     /// Attempts so far.
@@ -282,6 +285,9 @@ impl Check {
         }
         if let Some(c) = self.exit_code {
             s.push_str(&format!(" (exit {c})"));
+        }
+        if let Some(c) = self.previous_exit_code {
+            s.push_str(&format!(" (previous attempt: exit {c})"));
         }
         s
     }
@@ -615,30 +621,35 @@ impl Registry {
             });
             let required = j.state != JobState::Incompatible;
             let check = match row {
-                Some(r) => Check {
-                    digest: j.digest.clone(),
-                    platform: j.platform.clone(),
-                    isolation: j.isolation,
-                    host_build: j.host_build.clone(),
-                    required,
-                    state: r.state.as_str().to_owned(),
-                    // A re-queued pass counts until the new result replaces it.
-                    satisfied: (r.state == JobState::Passed
-                        || (matches!(r.state, JobState::Queued | JobState::Running)
-                            && r.last_state == Some(JobState::Passed)))
-                        && !r.simulated,
-                    last_state: if matches!(r.state, JobState::Queued | JobState::Running) {
-                        r.last_state.map(|s| s.as_str().to_owned())
-                    } else {
-                        None
-                    },
-                    job: Some(r.id),
-                    simulated: r.simulated,
-                    exit_code: r.exit_code,
-                    message: r.message.clone(),
-                    attempts: r.attempts,
-                    result: r.result_digest.clone(),
-                },
+                Some(r) => {
+                    let rerun = matches!(r.state, JobState::Queued | JobState::Running);
+                    Check {
+                        digest: j.digest.clone(),
+                        platform: j.platform.clone(),
+                        isolation: j.isolation,
+                        host_build: j.host_build.clone(),
+                        required,
+                        state: r.state.as_str().to_owned(),
+                        // A re-queued pass counts until the new result replaces it.
+                        satisfied: (r.state == JobState::Passed
+                            || (matches!(r.state, JobState::Queued | JobState::Running)
+                                && r.last_state == Some(JobState::Passed)))
+                            && !r.simulated,
+                        last_state: if matches!(r.state, JobState::Queued | JobState::Running) {
+                            r.last_state.map(|s| s.as_str().to_owned())
+                        } else {
+                            None
+                        },
+                        job: Some(r.id),
+                        simulated: r.simulated,
+                        // A re-queued check's exit code is its previous run's: never shown as current.
+                        exit_code: r.exit_code.filter(|_| !rerun),
+                        previous_exit_code: r.exit_code.filter(|_| rerun),
+                        message: r.message.clone(),
+                        attempts: r.attempts,
+                        result: r.result_digest.clone(),
+                    }
+                }
                 None => Check {
                     digest: j.digest.clone(),
                     platform: j.platform.clone(),
@@ -654,6 +665,7 @@ impl Registry {
                     job: None,
                     simulated: false,
                     exit_code: None,
+                    previous_exit_code: None,
                     message: j.message.clone(),
                     attempts: 0,
                     result: None,
@@ -674,6 +686,7 @@ impl Registry {
                 job: None,
                 simulated: false,
                 exit_code: None,
+                previous_exit_code: None,
                 message: reason,
                 attempts: 0,
                 result: None,

@@ -1,0 +1,45 @@
+"""Issue 17: causes hidden behind a generic verification message (the cause from the log tail in
+`verify status`, `verify logs`, `verify wait` naming platforms no worker serves, and a re-queued
+check not showing the previous run's exit code as current)."""
+from test_verify import env, manual, one_job  # noqa: F401  (module fixtures, reused)
+
+
+def test_status_shows_the_cause_and_logs_prints_the_tail(env):
+    repo = "app/nocause"
+    r, _, _ = env.push(repo, "candidate", ["/bin/no-such-program", "--serve"])
+    assert r.status_code == 201, r.text
+    env.wait_state(f"{repo}:candidate", lambda s: s["complete"], timeout=120)
+    p = env.verify_cli("status", f"{repo}:candidate")
+    assert p.returncode == 1, p.stdout
+    assert "cause:" in p.stdout and "no-such-program" in p.stdout, p.stdout
+    p = env.verify_cli("logs", f"{repo}:candidate")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "no-such-program" in p.stdout, p.stdout
+    job = one_job(env.status(f"{repo}:candidate"))["job"]
+    p = env.verify_cli("logs", str(job))
+    assert p.returncode == 0 and "no-such-program" in p.stdout, (p.stdout, p.stderr)
+
+
+def test_wait_names_platforms_no_worker_serves(env):
+    repo = "app/arm-ux"
+    r, _, _ = env.push(repo, "candidate", ["true"], arch="arm64")
+    assert r.status_code == 201
+    p = env.verify_cli("wait", f"{repo}:candidate", "--timeout", "3s", "--interval", "500ms")
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stderr.count("no worker registered for linux/arm64") == 2, p.stderr
+
+
+def test_requeued_check_does_not_show_the_old_exit_code(env, manual):
+    repo = "manual/requeue-exit"
+    env.push(repo, "candidate", ["true"])
+    a = manual.claim(wait=10)
+    assert a is not None and a["repository"] == repo
+    assert manual.report(a["id"], a["lease"], status="failed", exit_code=3, message="exit 3").status_code == 200
+    assert one_job(env.status(f"{repo}:candidate"))["exit_code"] == 3
+    r = env.api("POST", "/berth/v1/verify/jobs", json={"reference": f"{repo}:candidate"})
+    assert r.status_code == 202, r.text
+    c = one_job(env.status(f"{repo}:candidate"))
+    assert c["state"] in ("queued", "running"), c
+    assert "exit_code" not in c and c.get("previous_exit_code") == 3, c
+    p = env.verify_cli("status", f"{repo}:candidate")
+    assert "previous attempt: exit 3" in p.stdout and " exit 3 " not in p.stdout.replace("previous attempt: exit 3", ""), p.stdout
