@@ -60,19 +60,28 @@ impl Client {
             .await
     }
 
-    async fn job(&self, id: i64) -> anyhow::Result<Value> {
-        let url = self.base.join(&format!("/berth/v1/verify/jobs/{id}"))?;
-        self.send(self.http.get(url)).await
+    /// Job `id`; `repo` (when the caller knows it) names the pull scope a token is asked for.
+    async fn job(&self, id: i64, repo: Option<&str>) -> anyhow::Result<Value> {
+        let url = self.s.base.join(&format!("/berth/v1/verify/jobs/{id}"))?;
+        let (name, scope) = match repo {
+            Some(r) => (r.to_owned(), format!("repository:{r}:pull")),
+            None => (format!("job {id}"), String::new()),
+        };
+        self.s
+            .send(|| self.s.http.get(url.clone()), &name, &scope)
+            .await
     }
 
     async fn workers(&self) -> anyhow::Result<Value> {
-        let url = self.base.join("/berth/v1/verify/workers")?;
-        self.send(self.http.get(url)).await
+        let url = self.s.base.join("/berth/v1/verify/workers")?;
+        self.s
+            .send(|| self.s.http.get(url.clone()), "the worker list", "")
+            .await
     }
 
     /// Adds `cause` (the first meaningful line of the job's log tail) to every check that
     /// ended without passing, so the generic message is not all a person sees.
-    async fn add_causes(&self, st: &mut Value) {
+    async fn add_causes(&self, st: &mut Value, reference: &str) {
         let Some(checks) = st["checks"].as_array_mut() else {
             return;
         };
@@ -83,7 +92,7 @@ impl Client {
             let Some(id) = c["job"].as_i64() else {
                 continue;
             };
-            if let Ok(j) = self.job(id).await {
+            if let Ok(j) = self.job(id, Some(repo_of(reference))).await {
                 if let Some(cause) = cause_line(j["log_tail"].as_str().unwrap_or("")) {
                     c["cause"] = Value::String(cause);
                 }
@@ -337,7 +346,7 @@ pub fn status(conn: &Conn, reference: &str, json: bool) -> ExitCode {
         rt.block_on(async {
             let c = conn.client()?;
             let mut st = c.status(reference).await?;
-            c.add_causes(&mut st).await;
+            c.add_causes(&mut st, reference).await;
             Ok(st)
         })
     });
@@ -411,7 +420,7 @@ pub fn wait(conn: &Conn, reference: &str, timeout: Duration, interval: Duration)
                 last = line;
             }
             if st["complete"].as_bool() == Some(true) {
-                c.add_causes(&mut st).await;
+                c.add_causes(&mut st, reference).await;
                 print_status(&st);
                 return if st["ok"].as_bool() == Some(true) {
                     println!("{reference}: every required check passed");
@@ -457,9 +466,10 @@ pub fn logs(conn: &Conn, target: &str) -> ExitCode {
             if ids.is_empty() {
                 bail!("{target}: no verification job yet");
             }
+            let repo = target.parse::<i64>().is_err().then(|| repo_of(target));
             let mut jobs = Vec::new();
             for id in ids {
-                jobs.push(c.job(id).await?);
+                jobs.push(c.job(id, repo).await?);
             }
             Ok(jobs)
         })
