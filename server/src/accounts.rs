@@ -115,6 +115,19 @@ pub async fn grant(
     actions: &str,
 ) -> anyhow::Result<()> {
     check_actions(actions)?;
+    // A grant to a name nobody holds yet would wait for whoever takes that name later.
+    // Groups are only labels on users, so they may be granted to before they have members.
+    if let Some(u) = principal.strip_prefix("user:") {
+        if meta.user(u).await?.is_none() {
+            anyhow::bail!("no user {u:?}: create it first (`berth user add {u}`)");
+        }
+    } else if let Some(r) = principal.strip_prefix("robot:") {
+        if meta.robot(r).await?.is_none() {
+            anyhow::bail!(
+                "no robot \"robot${r}\": create it first (`berth robot create --name {r}`)"
+            );
+        }
+    }
     meta.add_permission(principal, pattern, actions).await?;
     Ok(())
 }
