@@ -431,6 +431,8 @@ def test_verify_wait_times_out_when_no_worker_can_run_it(env):
     p = env.verify_cli("wait", f"{repo}:candidate", "--timeout", "3s", "--interval", "500ms")
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert "timed out" in p.stdout and "queued" in p.stdout
+    # named at the start and again at the timeout
+    assert p.stderr.count("no worker registered for linux/arm64") == 2, p.stderr
 
 
 def test_verify_requeues_on_demand(env):

@@ -20,15 +20,6 @@ def test_status_shows_the_cause_and_logs_prints_the_tail(env):
     assert p.returncode == 0 and "no-such-program" in p.stdout, (p.stdout, p.stderr)
 
 
-def test_wait_names_platforms_no_worker_serves(env):
-    repo = "app/arm-ux"
-    r, _, _ = env.push(repo, "candidate", ["true"], arch="arm64")
-    assert r.status_code == 201
-    p = env.verify_cli("wait", f"{repo}:candidate", "--timeout", "3s", "--interval", "500ms")
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert p.stderr.count("no worker registered for linux/arm64") == 2, p.stderr
-
-
 def test_requeued_check_does_not_show_the_old_exit_code(env, manual):
     repo = "manual/requeue-exit"
     env.push(repo, "candidate", ["true"])

@@ -5,6 +5,7 @@
 //! connection errors.
 
 use anyhow::{bail, Context};
+use berth_oci::worker_protocol::build_of;
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -263,8 +264,7 @@ fn unserved(st: &Value, workers: &Value) -> Vec<String> {
             p["os"].as_str() == Some(os)
                 && p["architecture"].as_str() == Some(arch)
                 && build.is_none_or(|b| {
-                    let v = p["os.version"].as_str().unwrap_or("");
-                    v == b || v.starts_with(&format!("{b}."))
+                    p["os.version"].as_str().and_then(build_of).as_deref() == Some(b)
                 })
         });
         let what = match build {
@@ -383,7 +383,7 @@ pub fn wait(conn: &Conn, reference: &str, timeout: Duration, interval: Duration)
         let mut errors = 0;
         let mut warned = false;
         loop {
-            let st = match c.status(reference).await {
+            let mut st = match c.status(reference).await {
                 Ok(v) => {
                     errors = 0;
                     v
@@ -413,7 +413,6 @@ pub fn wait(conn: &Conn, reference: &str, timeout: Duration, interval: Duration)
                 warn_unserved(&unserved_now);
                 warned = true;
             }
-            let mut st = st;
             let line = summary(&st);
             if line != last {
                 println!("[{:>5}s] {reference}: {line}", start.elapsed().as_secs());
@@ -451,9 +450,10 @@ pub fn logs(conn: &Conn, target: &str) -> ExitCode {
     let r = runtime().and_then(|rt| {
         rt.block_on(async {
             let c = conn.client()?;
-            let ids: Vec<i64> = match target.parse::<i64>() {
-                Ok(id) => vec![id],
-                Err(_) => {
+            let by_id = target.parse::<i64>().ok();
+            let ids: Vec<i64> = match by_id {
+                Some(id) => vec![id],
+                None => {
                     let st = c.status(target).await?;
                     st["checks"]
                         .as_array()
@@ -466,7 +466,7 @@ pub fn logs(conn: &Conn, target: &str) -> ExitCode {
             if ids.is_empty() {
                 bail!("{target}: no verification job yet");
             }
-            let repo = target.parse::<i64>().is_err().then(|| repo_of(target));
+            let repo = by_id.is_none().then(|| repo_of(target));
             let mut jobs = Vec::new();
             for id in ids {
                 jobs.push(c.job(id, repo).await?);
