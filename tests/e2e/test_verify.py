@@ -130,8 +130,9 @@ def image_parts(cmd, arch="amd64", entrypoint=None, user=None, nonce=None):
 # ---------------------------------------------------------------- the setup
 
 class Verifier:
-    def __init__(self, reg, name, robot, work_dir, extra=(), runner="oci-runtime", env=None):
+    def __init__(self, reg, name, robot, work_dir, extra=(), runner="oci-runtime", env=None, wait_secs=5):
         self.reg, self.name, self.robot, self.work_dir = reg, name, robot, pathlib.Path(work_dir)
+        self.wait_secs = wait_secs
         self.extra = list(extra)
         self.env = dict(env or {})
         self.runner = runner
@@ -142,7 +143,7 @@ class Verifier:
     def start(self):
         args = [VERIFIER_BIN, "run", "--registry", self.reg.url, "--username", self.robot.username,
                 "--password", self.robot.secret, "--name", self.name, "--work-dir", str(self.work_dir),
-                "--runner", self.runner, "--wait-secs", "5", *self.extra]
+                "--runner", self.runner, "--wait-secs", str(self.wait_secs), *self.extra]
         env = dict(os.environ, RUST_LOG="info", **self.env)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()

@@ -34,3 +34,19 @@ def test_requeued_check_does_not_show_the_old_exit_code(env, manual):
     assert "exit_code" not in c and c.get("previous_exit_code") == 3, c
     p = env.verify_cli("status", f"{repo}:candidate")
     assert "previous attempt: exit 3" in p.stdout and " exit 3 " not in p.stdout.replace("previous attempt: exit 3", ""), p.stdout
+
+
+def test_idle_verifier_stops_at_once_and_logs_without_colour(env):
+    """SIGTERM ends the claim long-poll at once (it used to wait the poll out, ~21 s with the
+    default), and a log that is not a terminal carries no ANSI colour codes."""
+    import time
+    from test_verify import Verifier
+    w = Verifier(env.reg, "idle-term", env.robot, env.work / "idle-term", wait_secs=60).start()
+    time.sleep(2)  # inside the long-poll now
+    t0 = time.monotonic()
+    w.stop()
+    took = time.monotonic() - t0
+    assert w.proc.returncode == 0, (w.proc.returncode, "".join(w.log))
+    assert took < 10, f"the idle verifier took {took:.1f}s to stop on SIGTERM"
+    log = "".join(w.log)
+    assert "registered" in log and "\x1b[" not in log, repr(log[:500])
