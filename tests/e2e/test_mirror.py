@@ -47,6 +47,8 @@ class FakeRegistry:
         self.requests = []
         self.sent = 0
         self.down = False
+        self.stall = 0       # seconds every request waits before any answer (a silent upstream)
+        self.unstall = threading.Event()
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -76,6 +78,7 @@ class FakeRegistry:
     def stop(self):
         # Connections kept alive by clients stay with their handler threads: make those hang up.
         self.down = True
+        self.unstall.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -115,6 +118,8 @@ class FakeRegistry:
             return
         path = h.path.split("?", 1)[0]
         self.requests.append((h.command, path, h.headers.get("Range")))
+        if self.stall:
+            self.unstall.wait(self.stall)  # not a wait: the upstream that accepts and says nothing
         if self.status:
             hdrs = [("Retry-After", self.retry_after)] if self.retry_after else []
             body = json.dumps({"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]}).encode()
@@ -519,6 +524,31 @@ def test_pull_through_miss_hit_revalidate_and_upstream_down(fake, berth_factory)
     assert r.status_code == 502, r.text
     # Outside the prefix nothing is proxied.
     assert get_manifest(c, "windows/nanoserver", "ltsc").status_code == 404
+
+
+def test_pull_through_serves_the_cached_copy_when_the_upstream_goes_silent(fake, berth_factory):
+    """Issue 17: an upstream that accepts connections and never answers stalled every pull of a
+    cached tag past its TTL for the 60 s read timeout. The default upstream_timeout_secs (5 s)
+    bounds it; the cached copy is served then."""
+    img = wi.linux_image("amd64", fmt="oci", layers=1)
+    fake.put_image("library/alpine", img, tag="3")
+    reg = berth_factory(config=proxy_toml(fake.url, ttl=1))
+    c = Client(reg.url)
+    assert get_manifest(c, "cache/library/alpine", "3").content == img.manifest
+    fake.stall = 120
+    time.sleep(1.2)  # not a wait: the 1 s TTL must run out so that the next pull revalidates
+    t0 = time.monotonic()
+    r = c.s.get(f"{reg.url}/v2/cache/library/alpine/manifests/3", timeout=45,
+                headers={"Accept": img.media_type})
+    took = time.monotonic() - t0
+    assert r.status_code == 200 and r.content == img.manifest, r.text
+    assert took < 20, f"the cached copy came after {took:.1f}s"
+    assert fake.count("HEAD", "/manifests/3") >= 1
+    assert any("serving the cached copy" in l for l in reg.log), "".join(reg.log[-20:])
+    # a miss against the silent upstream fails in bounded time too, in the spec's error format
+    t0 = time.monotonic()
+    r = c.s.get(f"{reg.url}/v2/cache/library/alpine/manifests/never", timeout=45)
+    assert r.status_code == 502 and time.monotonic() - t0 < 20, (r.status_code, r.text)
 
 
 def test_pull_through_passes_429_with_retry_after(fake, berth_factory):
