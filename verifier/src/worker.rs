@@ -138,7 +138,8 @@ pub struct Worker {
     id: String,
     platform: Platform,
     runners: Vec<Arc<dyn Runner>>,
-    stopping: AtomicBool,
+    /// Set by [`Worker::stop`]; an idle slot's long-poll ends on it at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Worker {
@@ -200,13 +201,13 @@ impl Worker {
             id: w.id,
             platform,
             runners,
-            stopping: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
 
     /// Asks the slots to stop claiming; jobs in flight finish.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.stopping.send_replace(true);
     }
 
     /// Runs the claim loops until [`Worker::stop`].
@@ -223,12 +224,15 @@ impl Worker {
 
     async fn slot(&self, slot: usize) {
         let mut backoff = Duration::from_secs(1);
-        while !self.stopping.load(Ordering::SeqCst) {
-            match self
-                .client
-                .claim(&self.id, self.cfg.wait_secs.min(60))
-                .await
-            {
+        let mut stop = self.stopping.subscribe();
+        while !*stop.borrow() {
+            // A stop ends the long-poll at once. A job the registry assigned in that instant
+            // is never started here; its lease runs out and it goes to the next claim.
+            let claimed = tokio::select! {
+                r = self.client.claim(&self.id, self.cfg.wait_secs.min(60)) => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            match claimed {
                 Ok(Some(a)) => {
                     backoff = Duration::from_secs(1);
                     self.job(slot, a).await;
@@ -236,7 +240,10 @@ impl Worker {
                 Ok(None) => backoff = Duration::from_secs(1),
                 Err(e) => {
                     tracing::warn!(slot, error = format!("{e:#}"), "claim failed");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
