@@ -67,10 +67,18 @@ pub struct ProxyDef {
     /// A cached tag is checked again upstream (one HEAD) once it is older than this.
     #[serde(default = "default_tag_ttl")]
     pub tag_ttl_secs: u64,
+    /// How long to wait for the upstream to connect and start answering (response headers):
+    /// past it a cached copy is served at once, and a miss fails with 502.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_secs: u64,
 }
 
 fn default_tag_ttl() -> u64 {
     300
+}
+
+fn default_upstream_timeout() -> u64 {
+    5
 }
 
 impl fmt::Debug for ProxyDef {
@@ -79,6 +87,7 @@ impl fmt::Debug for ProxyDef {
             .field("prefix", &self.prefix)
             .field("upstream", &self.upstream)
             .field("tag_ttl_secs", &self.tag_ttl_secs)
+            .field("upstream_timeout_secs", &self.upstream_timeout_secs)
             .finish_non_exhaustive()
     }
 }
@@ -489,6 +498,9 @@ pub fn validate_mirror(d: &MirrorDef) -> Result<Filters, String> {
 pub fn validate_proxy(p: &ProxyDef) -> Result<(), String> {
     validate_upstream(&p.upstream).map_err(|e| format!("upstream: {e}"))?;
     p.auth.check()?;
+    if p.upstream_timeout_secs == 0 {
+        return Err("upstream_timeout_secs: must be > 0".into());
+    }
     let prefix = p.prefix.trim_end_matches('/');
     prefix
         .parse::<berth_oci::RepoName>()

@@ -25,7 +25,8 @@ impl Proxy {
         validate_proxy(&def)
             .map_err(|e| anyhow::anyhow!("invalid value for key \"proxy\": {e}"))?;
         let prefix = format!("{}/", def.prefix.trim_matches('/'));
-        let up = Upstream::new(&def.upstream, def.auth.clone())?;
+        let up = Upstream::new(&def.upstream, def.auth.clone())?
+            .impatient(std::time::Duration::from_secs(def.upstream_timeout_secs))?;
         Ok(Self { def, prefix, up })
     }
 }

@@ -53,6 +53,20 @@ pub struct Upstream {
     tokens: Mutex<HashMap<String, String>>,
     /// Longest upstream `Retry-After` to wait out (mirror runs); zero: pass 429 on at once.
     patience: Duration,
+    /// Longest wait for a connection and the response headers of one request (the token
+    /// exchange included); the body then streams under the per-read timeout.
+    first_byte: Duration,
+}
+
+/// The default of [`Upstream::first_byte`] (mirror runs have no client waiting).
+const FIRST_BYTE: Duration = Duration::from_secs(60);
+
+fn http_client(connect: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .user_agent(concat!("berth-mirror/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(connect)
+        .read_timeout(Duration::from_secs(60))
+        .build()?)
 }
 
 /// A manifest as the upstream sent it.
@@ -80,11 +94,7 @@ impl Upstream {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("berth-mirror/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .build()?;
+        let http = http_client(Duration::from_secs(10))?;
         let creds = auth
             .credentials()
             .map(|c| c.resolve())
@@ -97,7 +107,16 @@ impl Upstream {
             http,
             tokens: Mutex::new(HashMap::new()),
             patience: Duration::ZERO,
+            first_byte: FIRST_BYTE,
         })
+    }
+
+    /// Gives up on a request whose connection or response headers take longer than `d` (the
+    /// pull-through cache, where a client waits and a cached copy may answer instead).
+    pub fn impatient(mut self, d: Duration) -> anyhow::Result<Self> {
+        self.http = http_client(d.min(Duration::from_secs(10)))?;
+        self.first_byte = d;
+        Ok(self)
     }
 
     /// Waits out an upstream 429 whose `Retry-After` (seconds) is at most `max`, up to three
@@ -182,10 +201,18 @@ impl Upstream {
     ) -> Result<reqwest::Response> {
         let mut waited = 0;
         loop {
-            match self
-                .send_once(method.clone(), repo, url.clone(), headers.clone())
-                .await
-            {
+            let once = tokio::time::timeout(
+                self.first_byte,
+                self.send_once(method.clone(), repo, url.clone(), headers.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Unavailable(format!(
+                    "no answer from the upstream within {} s",
+                    self.first_byte.as_secs_f32()
+                )))
+            });
+            match once {
                 Err(UpstreamError::TooMany { retry_after }) if waited < 3 => {
                     let secs = retry_after
                         .as_deref()
