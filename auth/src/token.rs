@@ -103,6 +103,45 @@ fn pem_decode(pem: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
+fn jwks_keys(issuer: &str, jwks_json: &str) -> Result<Vec<Trusted>, TokenError> {
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(jwks_json).map_err(|e| TokenError::Key(format!("JWKS: {e}")))?;
+    let mut out = Vec::new();
+    for k in &set.keys {
+        let key =
+            DecodingKey::from_jwk(k).map_err(|e| TokenError::Key(format!("JWKS key: {e}")))?;
+        let alg = match &k.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            _ => return Err(TokenError::Key("JWKS: only EC P-256 and RSA keys".into())),
+        };
+        out.push(Trusted {
+            issuer: issuer.to_owned(),
+            kid: k.common.key_id.clone(),
+            alg,
+            key,
+        });
+    }
+    Ok(out)
+}
+
+fn pem_key(issuer: &str, pem: &str) -> Result<Trusted, TokenError> {
+    let (alg, key) = match DecodingKey::from_ec_pem(pem.as_bytes()) {
+        Ok(k) => (Algorithm::ES256, k),
+        Err(_) => (
+            Algorithm::RS256,
+            DecodingKey::from_rsa_pem(pem.as_bytes())
+                .map_err(|e| TokenError::Key(format!("public key: {e}")))?,
+        ),
+    };
+    Ok(Trusted {
+        issuer: issuer.to_owned(),
+        kid: None,
+        alg,
+        key,
+    })
+}
+
 impl KeySet {
     /// Loads the signing key at `path`, creating a new P-256 key (mode 0600) if absent.
     pub fn load_or_create(path: &Path, issuer: &str) -> Result<Self, TokenError> {
@@ -145,43 +184,24 @@ impl KeySet {
 
     /// Trusts the keys of a JWKS file for tokens whose `iss` is `issuer`.
     pub fn trust_jwks(&mut self, issuer: &str, jwks_json: &str) -> Result<(), TokenError> {
-        let set: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_str(jwks_json).map_err(|e| TokenError::Key(format!("JWKS: {e}")))?;
-        for k in &set.keys {
-            let key =
-                DecodingKey::from_jwk(k).map_err(|e| TokenError::Key(format!("JWKS key: {e}")))?;
-            let alg = match &k.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                _ => return Err(TokenError::Key("JWKS: only EC P-256 and RSA keys".into())),
-            };
-            self.trusted.push(Trusted {
-                issuer: issuer.to_owned(),
-                kid: k.common.key_id.clone(),
-                alg,
-                key,
-            });
-        }
+        self.trusted.extend(jwks_keys(issuer, jwks_json)?);
         Ok(())
     }
 
     /// Trusts one PEM public key (EC P-256 or RSA) for tokens whose `iss` is `issuer`.
     pub fn trust_pem(&mut self, issuer: &str, pem: &str) -> Result<(), TokenError> {
-        let (alg, key) = match DecodingKey::from_ec_pem(pem.as_bytes()) {
-            Ok(k) => (Algorithm::ES256, k),
-            Err(_) => (
-                Algorithm::RS256,
-                DecodingKey::from_rsa_pem(pem.as_bytes())
-                    .map_err(|e| TokenError::Key(format!("public key: {e}")))?,
-            ),
-        };
-        self.trusted.push(Trusted {
-            issuer: issuer.to_owned(),
-            kid: None,
-            alg,
-            key,
-        });
+        self.trusted.push(pem_key(issuer, pem)?);
         Ok(())
+    }
+
+    /// Checks a JWKS text as [`KeySet::trust_jwks`] reads it (for `berth check-config`).
+    pub fn check_jwks(jwks_json: &str) -> Result<(), TokenError> {
+        jwks_keys("", jwks_json).map(|_| ())
+    }
+
+    /// Checks a PEM public key as [`KeySet::trust_pem`] reads it.
+    pub fn check_pem(pem: &str) -> Result<(), TokenError> {
+        pem_key("", pem).map(|_| ())
     }
 
     /// The public keys as a JWK set.

@@ -1,6 +1,7 @@
 //! Configuration: embedded defaults, then a TOML file, then `BERTH_*` environment variables,
 //! then command-line flags. Library crates never read configuration; they take typed values.
 
+use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -307,12 +308,121 @@ impl Config {
                 CONFIG_KEYS.contains(&top.as_str())
             }));
         }
-        let cfg: Config = fig.extract().map_err(|e| {
+        let mut cfg: Config = fig.extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
         })?;
+        if let Some(f) = file {
+            cfg.relative_to_file(&fig, f)?;
+        }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Relative paths written in the file name files beside it, wherever the command runs
+    /// (`berth user add --config /etc/berth/berth.toml` from any directory uses the server's
+    /// database). Paths from `BERTH_*` variables and flags stay relative to the working directory.
+    fn relative_to_file(&mut self, fig: &Figment, file: &Path) -> anyhow::Result<()> {
+        let parent = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base = std::fs::canonicalize(parent)
+            .with_context(|| format!("the directory of {}", file.display()))?;
+        let in_file = |key: &str| {
+            fig.find_metadata(key)
+                .and_then(|m| m.source.as_ref())
+                .is_some_and(|s| matches!(s, figment::Source::File(_)))
+        };
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                let rel: PathBuf = p
+                    .components()
+                    .filter(|c| !matches!(c, std::path::Component::CurDir))
+                    .collect();
+                *p = base.join(rel);
+            }
+        };
+        if in_file("data_dir") {
+            fix(&mut self.data_dir);
+        }
+        if in_file("tls") {
+            self.tls
+                .cert
+                .iter_mut()
+                .chain(self.tls.key.iter_mut())
+                .for_each(fix);
+        }
+        if in_file("auth.trust") {
+            for t in &mut self.auth.trust {
+                t.jwks
+                    .iter_mut()
+                    .chain(t.public_key.iter_mut())
+                    .for_each(fix);
+            }
+        }
+        let auths = self
+            .mirrors
+            .iter_mut()
+            .map(|m| &mut m.auth)
+            .chain(self.proxy.iter_mut().map(|p| &mut p.auth));
+        if in_file("mirrors") || in_file("proxy") {
+            for a in auths {
+                if let crate::mirror::def::UpstreamAuth::Basic(c)
+                | crate::mirror::def::UpstreamAuth::Token(c) = a
+                {
+                    c.password_file.iter_mut().for_each(fix);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the files the configuration names, as `serve` will: the TLS certificate and key,
+    /// trusted issuers' keys, mirror password files. `check-config` and `serve` run it before
+    /// anything starts, so a missing file is named up front.
+    pub fn check_files(&self) -> anyhow::Result<()> {
+        if let (Some(cert), Some(key)) = (&self.tls.cert, &self.tls.key) {
+            crate::tls::check(cert, key)?;
+        }
+        for t in &self.auth.trust {
+            let bad = |what: &Path, e: String| {
+                anyhow::anyhow!(
+                    "invalid value for key \"auth.trust\": issuer {:?}: {}: {e}",
+                    t.issuer,
+                    what.display()
+                )
+            };
+            if let Some(j) = &t.jwks {
+                let text = std::fs::read_to_string(j).map_err(|e| bad(j, e.to_string()))?;
+                berth_auth::token::KeySet::check_jwks(&text).map_err(|e| bad(j, e.to_string()))?;
+            }
+            if let Some(p) = &t.public_key {
+                let text = std::fs::read_to_string(p).map_err(|e| bad(p, e.to_string()))?;
+                berth_auth::token::KeySet::check_pem(&text).map_err(|e| bad(p, e.to_string()))?;
+            }
+        }
+        let named = self
+            .mirrors
+            .iter()
+            .map(|m| (format!("mirror {:?}", m.name), &m.auth))
+            .chain(
+                self.proxy
+                    .iter()
+                    .map(|p| (format!("proxy {:?}", p.prefix), &p.auth)),
+            );
+        for (who, a) in named {
+            if let crate::mirror::def::UpstreamAuth::Basic(c)
+            | crate::mirror::def::UpstreamAuth::Token(c) = a
+            {
+                if let Some(f) = &c.password_file {
+                    std::fs::metadata(f).map_err(|e| {
+                        anyhow::anyhow!("{who}: auth.password_file {}: {e}", f.display())
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks what types alone cannot.

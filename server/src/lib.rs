@@ -109,6 +109,10 @@ pub fn app(state: AppState) -> Router {
             get(routes::admin::list_permissions).post(routes::admin::create_permission),
         )
         .route(
+            "/berth/v1/permissions/{id}",
+            axum::routing::delete(routes::admin::delete_permission),
+        )
+        .route(
             "/berth/v1/verify/workers",
             get(routes::verify::workers).post(routes::verify::register),
         )

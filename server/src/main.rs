@@ -83,24 +83,39 @@ enum Command {
     },
     /// Allow a principal actions on repositories matching a pattern.
     Grant {
-        /// A user.
-        #[arg(long, group = "who")]
-        user: Option<String>,
-        /// A group.
-        #[arg(long, group = "who")]
-        group: Option<String>,
-        /// A robot (name without `robot$`).
-        #[arg(long, group = "who")]
-        robot: Option<String>,
-        /// Everyone, without credentials.
-        #[arg(long, group = "who")]
-        anonymous: bool,
+        #[command(flatten)]
+        who: Who,
         /// Repository pattern (`*` within a component, `**` across).
         #[arg(long)]
         repo: String,
         /// Comma-separated: pull, push, delete, admin.
         #[arg(long)]
         actions: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List grants: every one, or one principal's.
+    Grants {
+        #[command(flatten)]
+        who: Who,
+        /// Print JSON (with each grant's id, for `berth revoke --id`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove grants: a principal's on one pattern (`--user alice --repo 'team/*'`), or one by
+    /// `--id` (from `berth grants --json`). New tokens lose the access at once; tokens already
+    /// issued run out within `auth.token_ttl_secs`.
+    Revoke {
+        #[command(flatten)]
+        who: Who,
+        /// The exact pattern the grant was made on.
+        #[arg(long, requires = "who")]
+        repo: Option<String>,
+        /// One grant's id.
+        #[arg(long, conflicts_with_all = ["repo", "who"])]
+        id: Option<i64>,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -163,15 +178,42 @@ enum Command {
     },
 }
 
-/// Where the database is: the same `--config`/`--data-dir` as `serve`.
+use cli::accounts::{DbArgs, Store};
+
+/// Whose grants: exactly one of these.
 #[derive(clap::Args)]
-struct DbArgs {
-    /// TOML configuration file.
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    /// Data directory.
-    #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
+#[group(id = "who", multiple = false)]
+struct Who {
+    /// A user.
+    #[arg(long)]
+    user: Option<String>,
+    /// A group.
+    #[arg(long)]
+    group: Option<String>,
+    /// A robot (name with or without `robot$`).
+    #[arg(long)]
+    robot: Option<String>,
+    /// Everyone, without credentials.
+    #[arg(long)]
+    anonymous: bool,
+}
+
+impl Who {
+    /// The principal key (`user:NAME`, ...), if one was named.
+    fn principal(&self) -> Option<String> {
+        match (&self.user, &self.group, &self.robot, self.anonymous) {
+            (Some(u), _, _, _) => Some(format!("user:{u}")),
+            (_, Some(g), _, _) => Some(format!("group:{g}")),
+            (_, _, Some(r), _) => Some(format!("robot:{}", r.strip_prefix("robot$").unwrap_or(r))),
+            (_, _, _, true) => Some("anonymous".to_owned()),
+            _ => None,
+        }
+    }
+
+    fn required(&self) -> anyhow::Result<String> {
+        self.principal()
+            .ok_or_else(|| anyhow::anyhow!("give --user, --group, --robot or --anonymous"))
+    }
 }
 
 #[derive(Clone, clap::Args)]
@@ -324,20 +366,10 @@ fn read_password(pw: &PasswordArgs) -> anyhow::Result<String> {
     anyhow::bail!("give --password or --password-stdin")
 }
 
-async fn open_meta(db: &DbArgs) -> anyhow::Result<berth_storage::meta::Meta> {
-    let mut cfg = Config::load(db.config.as_deref(), true)?;
-    if let Some(d) = &db.data_dir {
-        cfg.data_dir = d.clone();
-    }
-    std::fs::create_dir_all(&cfg.data_dir)?;
-    Ok(berth_storage::meta::Meta::open_sqlite(&cfg.data_dir.join("berth.db")).await?)
-}
-
 async fn accounts_cmd(cmd: Command) -> anyhow::Result<bool> {
-    use berth_server::accounts;
     match cmd {
         Command::User { op, db } => {
-            let meta = open_meta(&db).await?;
+            let store = Store::open(&db).await?;
             match op {
                 UserOp::Add {
                     name,
@@ -345,30 +377,31 @@ async fn accounts_cmd(cmd: Command) -> anyhow::Result<bool> {
                     groups,
                     pw,
                 } => {
-                    accounts::add_user(&meta, &name, &read_password(&pw)?, admin, &groups).await?;
+                    store
+                        .add_user(&name, &read_password(&pw)?, admin, &groups)
+                        .await?;
                     println!("user {name} saved");
                 }
                 UserOp::Passwd { name, pw } => {
-                    if !accounts::set_password(&meta, &name, &read_password(&pw)?).await? {
+                    if !store.set_password(&name, &read_password(&pw)?).await? {
                         anyhow::bail!("no user {name:?}");
                     }
                     println!("password of {name} changed");
                 }
                 UserOp::Del { name } => {
-                    if !meta.delete_user(&name).await? {
+                    if !store.delete_user(&name).await? {
                         anyhow::bail!("no user {name:?}");
                     }
                     println!("user {name} deleted");
                 }
                 UserOp::RevokeTokens { name } => {
-                    if meta.user(&name).await?.is_none() {
+                    let Some(n) = store.revoke_tokens("user", &name).await? else {
                         anyhow::bail!("no user {name:?}");
-                    }
-                    let n = meta.revoke_refresh_tokens(&format!("user:{name}")).await?;
+                    };
                     println!("{n} refresh token(s) of {name} revoked");
                 }
                 UserOp::List => {
-                    for u in meta.users().await? {
+                    for u in store.users().await? {
                         let admin = if u.admin { " (admin)" } else { "" };
                         println!(
                             "{}{admin}{}",
@@ -382,71 +415,118 @@ async fn accounts_cmd(cmd: Command) -> anyhow::Result<bool> {
                     }
                 }
             }
-            meta.close().await;
+            store.close().await;
         }
         Command::Robot { op, db } => {
-            let meta = open_meta(&db).await?;
+            let store = Store::open(&db).await?;
             match op {
                 RobotOp::Create {
                     name,
                     allow,
                     expires,
                 } => {
-                    let exp = expires
-                        .as_deref()
-                        .map(accounts::parse_duration)
-                        .transpose()?;
-                    let secret = accounts::create_robot(&meta, &name, &allow, exp).await?;
+                    let secret = store
+                        .create_robot(&name, &allow, expires.as_deref())
+                        .await?;
                     println!("name: robot${name}");
                     println!("secret: {secret}");
                     eprintln!("the secret is shown once; store it now");
                 }
                 RobotOp::List => {
-                    for r in meta.robots().await? {
-                        match r.expires_at {
-                            Some(e) => println!("robot${} expires_at={e}", r.name),
-                            None => println!("robot${}", r.name),
+                    for (name, expires) in store.robots().await? {
+                        match expires {
+                            Some(e) => println!("robot${name} expires_at={e}"),
+                            None => println!("robot${name}"),
                         }
                     }
                 }
                 RobotOp::RevokeTokens { name } => {
                     let n = name.strip_prefix("robot$").unwrap_or(&name);
-                    if meta.robot(n).await?.is_none() {
+                    let Some(count) = store.revoke_tokens("robot", n).await? else {
                         anyhow::bail!("no robot {name:?}");
-                    }
-                    let count = meta.revoke_refresh_tokens(&format!("robot:{n}")).await?;
+                    };
                     println!("{count} refresh token(s) of robot${n} revoked");
                 }
                 RobotOp::Del { name } => {
                     let n = name.strip_prefix("robot$").unwrap_or(&name);
-                    if !meta.delete_robot(n).await? {
+                    if !store.delete_robot(n).await? {
                         anyhow::bail!("no robot {name:?}");
                     }
                     println!("robot {name} deleted");
                 }
             }
-            meta.close().await;
+            store.close().await;
         }
         Command::Grant {
-            user,
-            group,
-            robot,
-            anonymous,
+            who,
             repo,
             actions,
             db,
         } => {
-            let principal = match (user, group, robot, anonymous) {
-                (Some(u), _, _, _) => format!("user:{u}"),
-                (_, Some(g), _, _) => format!("group:{g}"),
-                (_, _, Some(r), _) => format!("robot:{}", r.strip_prefix("robot$").unwrap_or(&r)),
-                (_, _, _, true) => "anonymous".to_owned(),
-                _ => anyhow::bail!("give --user, --group, --robot or --anonymous"),
-            };
-            let meta = open_meta(&db).await?;
-            accounts::grant(&meta, &principal, &repo, &actions).await?;
+            let principal = who.required()?;
+            let store = Store::open(&db).await?;
+            store.grant(&principal, &repo, &actions).await?;
             println!("granted {actions} on {repo} to {principal}");
-            meta.close().await;
+            store.close().await;
+        }
+        Command::Grants { who, json, db } => {
+            let store = Store::open(&db).await?;
+            let rules = store.grants(who.principal().as_deref()).await?;
+            store.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rules)?);
+            } else if rules.is_empty() {
+                println!("no grants");
+            } else {
+                let w = rules
+                    .iter()
+                    .map(|r| r.principal.len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(9);
+                let pw = rules
+                    .iter()
+                    .map(|r| r.pattern.len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(4);
+                println!("{:>4}  {:<w$}  {:<pw$}  ACTIONS", "ID", "PRINCIPAL", "REPO");
+                for r in rules {
+                    println!(
+                        "{:>4}  {:<w$}  {:<pw$}  {}",
+                        r.id, r.principal, r.pattern, r.actions
+                    );
+                }
+            }
+        }
+        Command::Revoke { who, repo, id, db } => {
+            let store = Store::open(&db).await?;
+            let done = match (id, repo) {
+                (Some(id), _) => {
+                    if !store.revoke_id(id).await? {
+                        anyhow::bail!("no grant with id {id} (see `berth grants`)");
+                    }
+                    println!("grant {id} revoked");
+                    Ok(())
+                }
+                (None, Some(repo)) => {
+                    let principal = who.required()?;
+                    match store.revoke(&principal, &repo).await? {
+                        0 => Err(anyhow::anyhow!(
+                            "no grant to {principal} on {repo:?} (see `berth grants`)"
+                        )),
+                        n => {
+                            println!("{n} grant(s) to {principal} on {repo} revoked");
+                            Ok(())
+                        }
+                    }
+                }
+                (None, None) => Err(anyhow::anyhow!(
+                    "give --id, or a principal (--user, --group, --robot, --anonymous) and --repo"
+                )),
+            };
+            store.close().await;
+            done?;
         }
         _ => {}
     }
@@ -456,9 +536,11 @@ async fn accounts_cmd(cmd: Command) -> anyhow::Result<bool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        cmd @ (Command::User { .. } | Command::Robot { .. } | Command::Grant { .. }) => {
-            cli::client::run(accounts_cmd(cmd))
-        }
+        cmd @ (Command::User { .. }
+        | Command::Robot { .. }
+        | Command::Grant { .. }
+        | Command::Grants { .. }
+        | Command::Revoke { .. }) => cli::client::run(accounts_cmd(cmd)),
         Command::Resolve {
             reference,
             platform,
@@ -550,16 +632,18 @@ fn main() -> ExitCode {
             json,
             target,
         } => cli::client::run(cli::retention::run(&target, dry_run, json)),
-        Command::CheckConfig { file } => match Config::load(Some(&file), false) {
-            Ok(_) => {
-                println!("ok");
-                ExitCode::SUCCESS
+        Command::CheckConfig { file } => {
+            match Config::load(Some(&file), false).and_then(|c| c.check_files()) {
+                Ok(()) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e:#}", file.display());
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{}: {e:#}", file.display());
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Serve {
             config,
             listen,
@@ -578,7 +662,7 @@ fn main() -> ExitCode {
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
-            if let Err(e) = cfg.validate() {
+            if let Err(e) = cfg.validate().and_then(|()| cfg.check_files()) {
                 eprintln!("berth: {e:#}");
                 return ExitCode::from(2);
             }

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 /// How often the files are checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
-fn load(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
+fn load_certs(cert: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading {}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -27,11 +27,25 @@ fn load(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
     if certs.is_empty() {
         anyhow::bail!("{} holds no certificate", cert.display());
     }
-    let key =
+    Ok(certs)
+}
+
+fn load_key(key: &Path) -> anyhow::Result<Arc<dyn rustls::sign::SigningKey>> {
+    let der =
         PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
-    let signing =
-        rustls::crypto::ring::sign::any_supported_type(&key).context("unsupported private key")?;
-    Ok(CertifiedKey::new(certs, signing))
+    rustls::crypto::ring::sign::any_supported_type(&der)
+        .with_context(|| format!("{}: unsupported private key", key.display()))
+}
+
+fn load(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
+    Ok(CertifiedKey::new(load_certs(cert)?, load_key(key)?))
+}
+
+/// Reads the certificate and key as `serve` would, naming the key of the file that fails.
+pub fn check(cert: &Path, key: &Path) -> anyhow::Result<()> {
+    load_certs(cert).map_err(|e| anyhow::anyhow!("invalid value for key \"tls.cert\": {e:#}"))?;
+    load_key(key).map_err(|e| anyhow::anyhow!("invalid value for key \"tls.key\": {e:#}"))?;
+    Ok(())
 }
 
 fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {

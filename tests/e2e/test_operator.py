@@ -93,7 +93,7 @@ def test_permissions_api_filters_by_principal_and_deletes(authreg):
     tok = ak.get_token(reg, ["repository:team/app:pull,push"], "alice", pw)
     assert ak.access_of(tok) == {}
     r = requests.delete(f"{api}/{rows[0]['id']}", auth=("admin", reg.admin_pw))
-    assert_error(r, 404, "NOT_FOUND")
+    assert_error(r, 404, "NAME_UNKNOWN")
     r = requests.delete(f"{api}/not-a-number", auth=("admin", reg.admin_pw))
     assert r.status_code in (400, 404) and "json" in r.headers.get("Content-Type", ""), (r.status_code, r.text)
     assert "dev/**" in requests.get(api, auth=("admin", reg.admin_pw)).text

@@ -79,6 +79,42 @@ pub enum ClientRule {
     Moby,
 }
 
+/// Parses one of `names` (`(name, value)` pairs); the error names `what` and lists them.
+fn one_of<T: Copy>(what: &str, s: &str, names: &[(&str, T)]) -> Result<T, String> {
+    names
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+            format!("{what} {s:?} is not one of: {}", all.join(", "))
+        })
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        one_of(
+            "isolation",
+            s,
+            &[("process", Self::Process), ("hyperv", Self::HyperV)],
+        )
+    }
+}
+
+impl std::str::FromStr for ClientRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        one_of(
+            "rule",
+            s,
+            &[("containerd", Self::Containerd), ("moby", Self::Moby)],
+        )
+    }
+}
+
 /// A host that pulls from an index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {

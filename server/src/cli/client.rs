@@ -75,6 +75,11 @@ pub async fn resolve(
     json: bool,
     creds: &crate::cli::creds::Args,
 ) -> anyhow::Result<bool> {
+    isolation
+        .parse::<berth_oci::platform::Isolation>()
+        .map_err(|e| anyhow::anyhow!("--isolation: {e}"))?;
+    rule.parse::<berth_oci::platform::ClientRule>()
+        .map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
     let (repo, r) = split_ref(reference)?;
     let mut url = reqwest::Url::parse(registry)?.join("/berth/v1/resolve")?;
     url.query_pairs_mut()

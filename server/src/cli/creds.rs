@@ -213,6 +213,22 @@ impl Session {
         repo: &str,
         scope: &str,
     ) -> anyhow::Result<Value> {
+        let (status, body) = self.request(build, repo, scope).await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(crate::cli::client::api_error(status, &body))
+        }
+    }
+
+    /// As [`Session::send`], but answers any status past authentication with its body (for
+    /// callers that tell a 404 from other errors); 401 and 403 are errors that say which.
+    pub async fn request(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        repo: &str,
+        scope: &str,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
         let first = match &self.creds {
             Creds::Basic(u, p) => build().basic_auth(u, Some(p)),
             _ => build(),
@@ -246,15 +262,12 @@ impl Session {
         }
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(body);
-        }
         let msg = body["errors"][0]["message"].as_str().unwrap_or("");
         match (status.as_u16(), &self.creds) {
             (401 | 403, Creds::None) => Err(anyhow::anyhow!(NO_CREDS)),
             (401, _) if bearer => Err(self.wrong()),
             (403, _) => Err(anyhow::anyhow!("access denied to {repo}: {msg}")),
-            _ => Err(crate::cli::client::api_error(status, &body)),
+            _ => Ok((status, body)),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (`resolve`, `inspect`, `mirror`, `verify`, accounts with `--registry`). The library
 //! (`berth_server`) never uses these modules.
 
+pub mod accounts;
 pub mod client;
 pub mod creds;
 pub mod gc;

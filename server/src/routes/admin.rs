@@ -387,14 +387,24 @@ pub async fn delete_robot(
     }
 }
 
-/// `GET /berth/v1/permissions`
+/// `?principal=user:NAME` (or `group:`, `robot:`, `anonymous`).
+#[derive(Deserialize)]
+pub struct PermissionsQuery {
+    #[serde(default)]
+    principal: Option<String>,
+}
+
+/// `GET /berth/v1/permissions[?principal=P]`: every rule, or one principal's.
 pub async fn list_permissions(
     State(st): State<AppState>,
     _admin: Admin,
+    q: Result<axum::extract::Query<PermissionsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = q.map_err(super::api::bad_query)?;
+    let only: Vec<String> = q.principal.into_iter().collect();
     let out: Vec<_> = st
         .accounts
-        .permissions(&[])
+        .permissions(&only)
         .await?
         .into_iter()
         .map(|p| json!({"id": p.id, "principal": p.principal, "pattern": p.pattern, "actions": p.actions}))
@@ -430,6 +440,23 @@ pub async fn create_permission(
         .await
         .map_err(bad)?;
     Ok(StatusCode::CREATED.into_response())
+}
+
+/// `DELETE /berth/v1/permissions/{id}`: the rule stops granting at once for new tokens
+/// (access tokens already issued run out within `token_ttl_secs`).
+pub async fn delete_permission(
+    State(st): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad(anyhow::anyhow!("permission id {id:?} is not a number")))?;
+    if st.accounts.delete_permission(id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found(&format!("permission {id}")))
+    }
 }
 
 /// `POST /berth/v1/users/{name}/revoke-tokens`: every refresh token of the user stops

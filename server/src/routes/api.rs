@@ -12,8 +12,13 @@ use berth_oci::{Reference, RepoName};
 use serde::Deserialize;
 use std::net::SocketAddr;
 
+/// A query string that does not parse: what is wrong, without the extractor's own wording.
 pub(crate) fn bad_query(e: QueryRejection) -> ApiError {
-    Refusal::BadRequest(format!("invalid query: {}", e.body_text())).into()
+    let text = e.body_text();
+    let text = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    Refusal::BadRequest(format!("invalid query: {text}")).into()
 }
 
 /// `?repository=&reference=`
@@ -66,10 +71,12 @@ pub struct ResolveQuery {
     repository: String,
     reference: String,
     platform: String,
+    /// `process` or `hyperv`; parsed here so the error lists them.
     #[serde(default)]
-    isolation: Option<Isolation>,
+    isolation: Option<String>,
+    /// `containerd` or `moby`.
     #[serde(default)]
-    rule: Option<ClientRule>,
+    rule: Option<String>,
     /// Comma-separated host os.features.
     #[serde(default)]
     features: Option<String>,
@@ -95,10 +102,17 @@ pub async fn resolve(
     if let Some(f) = q.features.filter(|f| !f.is_empty()) {
         platform.os_features = f.split(',').map(str::to_owned).collect();
     }
+    let invalid = |e: String| Refusal::BadRequest(format!("invalid query: {e}"));
     let host = Host {
         platform,
-        isolation: q.isolation.unwrap_or(Isolation::Process),
-        rule: q.rule.unwrap_or(ClientRule::Containerd),
+        isolation: match q.isolation.as_deref() {
+            None | Some("") => Isolation::Process,
+            Some(i) => i.parse().map_err(invalid)?,
+        },
+        rule: match q.rule.as_deref() {
+            None | Some("") => ClientRule::Containerd,
+            Some(r) => r.parse().map_err(invalid)?,
+        },
     };
     Ok(Json(
         st.registry

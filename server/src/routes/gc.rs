@@ -60,8 +60,9 @@ pub struct RunsQuery {
 pub async fn runs(
     State(st): State<AppState>,
     _admin: Admin,
-    Query(q): Query<RunsQuery>,
+    q: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(super::api::bad_query)?;
     let n = q.n.unwrap_or(20).clamp(1, 1000);
     let runs = st.registry.gc_runs(n).await?;
     Ok(Json(json!({ "runs": runs })).into_response())

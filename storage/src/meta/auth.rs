@@ -248,6 +248,25 @@ impl Meta {
         Ok(())
     }
 
+    /// Removes one rule; false when no rule has that id.
+    pub async fn delete_permission(&self, id: i64) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM permissions WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Removes every rule of `principal` on exactly `pattern`; answers how many.
+    pub async fn delete_permissions(&self, principal: &str, pattern: &str) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM permissions WHERE principal = $1 AND pattern = $2")
+            .bind(principal)
+            .bind(pattern)
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Rules of any of `principals` (all rules when empty), filtered in SQL: this runs for
     /// every token request.
     pub async fn permissions(&self, principals: &[String]) -> Result<Vec<Permission>> {
