@@ -346,12 +346,11 @@ impl Config {
         if in_file("data_dir") {
             fix(&mut self.data_dir);
         }
-        if in_file("tls") {
-            self.tls
-                .cert
-                .iter_mut()
-                .chain(self.tls.key.iter_mut())
-                .for_each(fix);
+        if in_file("tls.cert") {
+            self.tls.cert.iter_mut().for_each(fix);
+        }
+        if in_file("tls.key") {
+            self.tls.key.iter_mut().for_each(fix);
         }
         if in_file("auth.trust") {
             for t in &mut self.auth.trust {
@@ -361,19 +360,16 @@ impl Config {
                     .for_each(fix);
             }
         }
-        let auths = self
-            .mirrors
-            .iter_mut()
-            .map(|m| &mut m.auth)
-            .chain(self.proxy.iter_mut().map(|p| &mut p.auth));
-        if in_file("mirrors") || in_file("proxy") {
-            for a in auths {
-                if let crate::mirror::def::UpstreamAuth::Basic(c)
-                | crate::mirror::def::UpstreamAuth::Token(c) = a
-                {
-                    c.password_file.iter_mut().for_each(fix);
-                }
-            }
+        // Each list comes from one source as a whole (arrays are not merged key by key).
+        let mut auths: Vec<&mut crate::mirror::def::UpstreamAuth> = Vec::new();
+        if in_file("mirrors") {
+            auths.extend(self.mirrors.iter_mut().map(|m| &mut m.auth));
+        }
+        if in_file("proxy") {
+            auths.extend(self.proxy.iter_mut().map(|p| &mut p.auth));
+        }
+        for c in auths.into_iter().filter_map(|a| a.credentials_mut()) {
+            c.password_file.iter_mut().for_each(fix);
         }
         Ok(())
     }
@@ -412,14 +408,10 @@ impl Config {
                     .map(|p| (format!("proxy {:?}", p.prefix), &p.auth)),
             );
         for (who, a) in named {
-            if let crate::mirror::def::UpstreamAuth::Basic(c)
-            | crate::mirror::def::UpstreamAuth::Token(c) = a
-            {
-                if let Some(f) = &c.password_file {
-                    std::fs::metadata(f).map_err(|e| {
-                        anyhow::anyhow!("{who}: auth.password_file {}: {e}", f.display())
-                    })?;
-                }
+            if let Some(f) = a.credentials().and_then(|c| c.password_file.as_ref()) {
+                std::fs::metadata(f).map_err(|e| {
+                    anyhow::anyhow!("{who}: auth.password_file {}: {e}", f.display())
+                })?;
             }
         }
         Ok(())

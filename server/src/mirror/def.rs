@@ -181,6 +181,14 @@ impl UpstreamAuth {
         }
     }
 
+    /// As [`UpstreamAuth::credentials`], to change them (paths made relative to the file).
+    pub fn credentials_mut(&mut self) -> Option<&mut Credentials> {
+        match self {
+            Self::Anonymous => None,
+            Self::Basic(c) | Self::Token(c) => Some(c),
+        }
+    }
+
     fn check(&self) -> Result<(), String> {
         self.credentials()
             .map_or(Ok(()), Credentials::check)
