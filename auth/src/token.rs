@@ -247,6 +247,11 @@ impl KeySet {
     /// claims say (it would otherwise be exchanged for a berth token of any subject).
     pub fn verify(&self, token: &str, service: &str, refresh: bool) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        // RFC 7515 section 4.1.11: extensions listed in `crit` must be understood or the JWS
+        // refused. berth understands none; jsonwebtoken's Header drops the field unread.
+        if has_crit(token) {
+            return Err(TokenError::Malformed);
+        }
         let mut candidates: Vec<(&DecodingKey, Algorithm, &str)> = Vec::new();
         if header.kid.as_deref() == Some(self.kid.as_str()) {
             candidates.push((&self.own, Algorithm::ES256, &self.issuer));
@@ -282,6 +287,15 @@ impl KeySet {
         }
         Err(last)
     }
+}
+
+/// Whether the JOSE header of `token` has a `crit` parameter (any value, `null` included).
+fn has_crit(token: &str) -> bool {
+    let header = token.split('.').next().unwrap_or("");
+    B64.decode(header)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b).ok())
+        .is_none_or(|h| h.contains_key("crit"))
 }
 
 #[cfg(unix)]
@@ -352,6 +366,41 @@ mod tests {
         );
         assert!(ks.verify(&none, "berth", false).is_err());
         assert!(ks.verify("garbage", "berth", false).is_err());
+    }
+
+    /// RFC 7515 section 4.1.11: a JWS whose `crit` header lists extensions the recipient does
+    /// not understand must be refused. berth understands none, so any `crit` is refused, even in
+    /// a token its own key signed (the fuzz target `tokens` found it accepted).
+    #[test]
+    fn a_crit_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeySet::load_or_create(&dir.path().join("k.pem"), "berth").unwrap();
+        let (_, c) = ks.issue("alice", "berth", vec![], 300, false).unwrap();
+        let signed = |header: String| {
+            let input = format!(
+                "{}.{}",
+                B64.encode(header),
+                B64.encode(serde_json::to_vec(&c).unwrap())
+            );
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &ks.encoding, Algorithm::ES256)
+                .unwrap();
+            format!("{input}.{sig}")
+        };
+        let plain = signed(format!(r#"{{"alg":"ES256","kid":"{}"}}"#, ks.kid));
+        assert!(
+            ks.verify(&plain, "berth", false).is_ok(),
+            "the control verifies"
+        );
+        for crit in [r#"["exp"]"#, r#"["x-unknown"]"#, "[]", "null", r#""b64""#] {
+            let t = signed(format!(
+                r#"{{"alg":"ES256","kid":"{}","crit":{crit},"x-unknown":1,"exp":1}}"#,
+                ks.kid
+            ));
+            assert!(
+                matches!(ks.verify(&t, "berth", false), Err(TokenError::Malformed)),
+                "crit {crit} accepted"
+            );
+        }
     }
 
     #[test]

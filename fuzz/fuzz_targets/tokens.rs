@@ -215,6 +215,10 @@ fn reference(f: &Fixture, now: i64, header: &Value, claims: &Value) -> Option<i6
     if header.get("alg") != Some(&json!("ES256")) || header.get("kid") != Some(&json!(f.kid)) {
         return None;
     }
+    // RFC 7515 section 4.1.11: berth understands no critical extension.
+    if header.get("crit").is_some() {
+        return None;
+    }
     if !matches!(
         header.get("typ"),
         None | Some(Value::Null) | Some(Value::String(_))

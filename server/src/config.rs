@@ -284,6 +284,81 @@ const CONFIG_KEYS: &[&str] = &[
     "quotas",
 ];
 
+/// One configuration error in the file's own terms: the key as TOML writes it
+/// (`mirrors[0].upstream`), where it came from (the file, or the `BERTH_*` variable), and what
+/// is wrong, with the keys the section takes. figment's own text names its profile
+/// (`default.storage...`), quotes lists in doubled backticks and names the file twice.
+fn describe(e: figment::Error) -> String {
+    use figment::error::Kind;
+    let mut path: Vec<String> = e.path.iter().map(|k| k.to_ascii_lowercase()).collect();
+    if let Kind::MissingField(f) = &e.kind {
+        path.push(f.to_string());
+    }
+    let key = |p: &[String]| {
+        p.iter().fold(String::new(), |mut k, seg| {
+            if seg.parse::<usize>().is_ok() {
+                k.push_str(&format!("[{seg}]"));
+            } else {
+                if !k.is_empty() {
+                    k.push('.');
+                }
+                k.push_str(seg);
+            }
+            k
+        })
+    };
+    let section = match path.len() {
+        0 | 1 => "the top level".to_owned(),
+        n => format!("[{}]", key(&path[..n - 1])),
+    };
+    let one_of = |got: &str, names: &[&str]| {
+        let close = names
+            .iter()
+            .map(|n| (strsim::levenshtein(got, n), n))
+            .filter(|(d, n)| *d <= 2.max(n.len() / 4))
+            .min();
+        let hint = close.map_or(String::new(), |(_, n)| format!(" (did you mean {n:?}?)"));
+        format!("{}{hint}", names.join(", "))
+    };
+    let what = match &e.kind {
+        Kind::UnknownField(f, names) => {
+            format!("unknown key; {section} takes {}", one_of(f, names))
+        }
+        Kind::UnknownVariant(v, names) => {
+            format!("unknown value {v:?}; accepted: {}", one_of(v, names))
+        }
+        Kind::MissingField(_) => format!("missing: {section} needs it"),
+        Kind::InvalidType(got, want) | Kind::InvalidValue(got, want) => {
+            format!("expected {want}, found {got}")
+        }
+        Kind::Message(m) => m.clone(),
+        other => other.to_string(),
+    };
+    let source = e.metadata.as_ref().and_then(|m| m.source.as_ref());
+    let at = match source {
+        Some(figment::Source::File(f)) => format!(" in {}", f.display()),
+        _ if e
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.name.contains("environment")) =>
+        {
+            format!(
+                " from environment variable BERTH_{}",
+                e.path.join("__").to_ascii_uppercase()
+            )
+        }
+        _ => String::new(),
+    };
+    if path.is_empty() {
+        match source {
+            Some(figment::Source::File(f)) => format!("{}: {what}", f.display()),
+            _ => what,
+        }
+    } else {
+        format!("key {:?}{at}: {what}", key(&path))
+    }
+}
+
 impl Config {
     /// Defaults, then the file (if any), then `BERTH_*` variables.
     pub fn load(file: Option<&Path>, with_env: bool) -> anyhow::Result<Self> {
@@ -309,13 +384,18 @@ impl Config {
             }));
         }
         let mut cfg: Config = fig.extract().map_err(|e| {
-            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            let msgs: Vec<String> = e.into_iter().map(describe).collect();
             anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
         })?;
+        // The rest names keys, not where they came from: say which file was read.
+        let in_file = |e: anyhow::Error| match file {
+            Some(f) => anyhow::anyhow!("{}: {e:#}", f.display()),
+            None => e,
+        };
         if let Some(f) = file {
-            cfg.relative_to_file(&fig, f)?;
+            cfg.relative_to_file(&fig, f).map_err(in_file)?;
         }
-        cfg.validate()?;
+        cfg.validate().map_err(in_file)?;
         Ok(cfg)
     }
 

@@ -259,7 +259,8 @@ impl From<RegistryError> for ApiError {
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header("range", upload_range(want)),
             E::UploadInvalid(_) => ApiError::oci(C::BlobUploadInvalid, msg),
-            E::ManifestInvalid(_) => ApiError::oci(C::ManifestInvalid, msg),
+            // docker prints `manifest invalid: <message>`: the message does not say it again.
+            E::ManifestInvalid(m) => ApiError::oci(C::ManifestInvalid, m),
             E::ManifestBlobUnknown(d) => {
                 ApiError::oci(C::ManifestBlobUnknown, msg).detail(json!({ "digest": d }))
             }

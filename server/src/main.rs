@@ -174,7 +174,11 @@ enum Command {
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
-        file: PathBuf,
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The file to check, as the other commands take it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -632,14 +636,16 @@ fn main() -> ExitCode {
             json,
             target,
         } => cli::client::run(cli::retention::run(&target, dry_run, json)),
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, config } => {
+            let file = file.or(config).expect("clap requires one");
+            // Errors name the file (or the key and the file) themselves.
             match Config::load(Some(&file), false).and_then(|c| c.check_files()) {
                 Ok(()) => {
                     println!("ok");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("{}: {e:#}", file.display());
+                    eprintln!("berth: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -225,3 +225,66 @@ def test_release_binary_carries_no_full_debug_info():
         pytest.fail(f"BERTH_BIN={BIN} is not a release build: this test checks the release profile")
     size = os.path.getsize(BIN)
     assert size < 100 * 1024 * 1024, f"{BIN} is {size / 1048576:.0f} MiB"
+
+
+# ---------------------------------------------------------------- messages in the file's own terms
+
+@pytest.mark.parametrize("toml, key, want", [
+    ('[storage]\ndelete_enable = true\n', "storage.delete_enable", ["delete_enabled", "unknown key"]),
+    ('[storge]\nx = 1\n', "storge", ["storage", "unknown key"]),
+    ('listen = 5\n', "listen", ["a string", "5"]),
+    ('[[mirrors]]\nname = "x"\n', "mirrors[0].upstream", ["missing"]),
+])
+def test_config_errors_name_the_key_not_the_library(tmp_path, toml, key, want):
+    """Issue 17: errors showed figment's internals (`for key "default.storage.delete_enable"`,
+    doubled backticks) and named the file twice. They name the key as the file writes it, once."""
+    f = tmp_path / "berth.toml"
+    f.write_text(toml)
+    p = berth("check-config", str(f))
+    assert p.returncode != 0, p.stdout
+    err = p.stderr
+    assert "default." not in err and "``" not in err and "TOML file" not in err, err
+    assert f'"{key}"' in err, err
+    for w in want:
+        assert w in err, err
+    assert err.count(str(f)) == 1, err
+
+
+def test_environment_errors_name_the_variable(tmp_path):
+    env = dict(os.environ, BERTH_STORAGE__DELETE_ENABLE="true")
+    p = subprocess.run([BIN, "serve", "--data-dir", str(tmp_path / "d"), "--listen", "127.0.0.1:0"],
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert p.returncode != 0
+    assert "BERTH_STORAGE__DELETE_ENABLE" in p.stderr and "delete_enabled" in p.stderr, p.stderr
+    assert "default." not in p.stderr and "``" not in p.stderr, p.stderr
+
+
+def test_check_config_takes_config_flag_like_every_other_command(tmp_path):
+    f = tmp_path / "berth.toml"
+    f.write_text('listen = "127.0.0.1:0"\n')
+    p = berth("check-config", "--config", str(f))
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr
+
+
+def test_spec_errors_do_not_repeat_their_code(berth_factory):
+    """Issue 17: docker prints `<code description>: <message>`, so a message that starts with its
+    own code showed `manifest invalid: manifest invalid: ...`."""
+    berth_server = berth_factory()
+    c = Client(berth_server.url)
+    repo = uniq()
+    cases = [
+        c.s.put(f"{berth_server.url}/v2/{repo}/manifests/v1", data=b'{"schemaVersion":2}',
+                headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}),
+        c.s.put(f"{berth_server.url}/v2/{repo}/manifests/v1", data=b'not json',
+                headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}),
+        c.s.get(f"{berth_server.url}/v2/{repo}/blobs/sha256:{'0' * 64}"),
+        c.s.get(f"{berth_server.url}/v2/{repo}/manifests/nope"),
+        c.s.get(f"{berth_server.url}/v2/{repo}/blobs/uploads/nope"),
+        c.s.put(f"{berth_server.url}/v2/{repo}/manifests/bad:tag", data=b'{}',
+                headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}),
+    ]
+    for r in cases:
+        assert r.status_code >= 400, r.text
+        for e in r.json()["errors"]:
+            said = e["code"].lower().replace("_", " ")
+            assert not e["message"].lower().startswith(said), (e, r.request.method, r.request.url)
