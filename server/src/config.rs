@@ -334,28 +334,22 @@ fn describe(e: figment::Error) -> String {
         Kind::Message(m) => m.clone(),
         other => other.to_string(),
     };
-    let source = e.metadata.as_ref().and_then(|m| m.source.as_ref());
-    let at = match source {
-        Some(figment::Source::File(f)) => format!(" in {}", f.display()),
-        _ if e
-            .metadata
-            .as_ref()
-            .is_some_and(|m| m.name.contains("environment")) =>
-        {
-            format!(
-                " from environment variable BERTH_{}",
+    let from = match e.metadata.as_ref() {
+        Some(m) => match &m.source {
+            Some(figment::Source::File(f)) => Some(f.display().to_string()),
+            _ if m.name.contains("environment") => Some(format!(
+                "environment variable BERTH_{}",
                 e.path.join("__").to_ascii_uppercase()
-            )
-        }
-        _ => String::new(),
+            )),
+            _ => None,
+        },
+        None => None,
     };
-    if path.is_empty() {
-        match source {
-            Some(figment::Source::File(f)) => format!("{}: {what}", f.display()),
-            _ => what,
-        }
-    } else {
-        format!("key {:?}{at}: {what}", key(&path))
+    match (path.is_empty(), from) {
+        (true, Some(from)) => format!("{from}: {what}"),
+        (true, None) => what,
+        (false, Some(from)) => format!("key {:?} in {from}: {what}", key(&path)),
+        (false, None) => format!("key {:?}: {what}", key(&path)),
     }
 }
 
@@ -388,14 +382,14 @@ impl Config {
             anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
         })?;
         // The rest names keys, not where they came from: say which file was read.
-        let in_file = |e: anyhow::Error| match file {
+        let name_file = |e: anyhow::Error| match file {
             Some(f) => anyhow::anyhow!("{}: {e:#}", f.display()),
             None => e,
         };
         if let Some(f) = file {
-            cfg.relative_to_file(&fig, f).map_err(in_file)?;
+            cfg.relative_to_file(&fig, f).map_err(name_file)?;
         }
-        cfg.validate().map_err(in_file)?;
+        cfg.validate().map_err(name_file)?;
         Ok(cfg)
     }
 
